@@ -1,0 +1,3 @@
+from medfedpure.cli import main
+
+raise SystemExit(main())

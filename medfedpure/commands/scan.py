@@ -1,0 +1,124 @@
+"""`python -m medfedpure scan FILE...`: read scans exactly as the app and training do; report or save them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# Files that sit beside scans in a folder (notes, manifests) and are skipped when a folder is expanded.
+# Single files named on the command line are always read, whatever their name.
+SIDE_FILE_SUFFIXES = {".md", ".txt", ".tsv", ".csv", ".json"}
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    from medfedpure.config import IMAGE_SIZE
+
+    parser = subparsers.add_parser(name, help=help_text, description=(
+        "Read each scan (PNG, JPEG, BMP, TIFF, WebP or DICOM; the format is taken from the content, not the "
+        "name) with the same reader and preprocessing as the app and training, and report its metadata. "
+        "A folder stands for the files directly inside it. Exit status 0 when every file was read, 2 when "
+        "any could not be (the others are still processed)."))
+    parser.add_argument("files", nargs="+", metavar="FILE", help="scan files or folders")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per file (JSON lines)")
+    parser.add_argument("--save-dir", type=Path, default=None, metavar="DIR",
+                        help="write each preprocessed image there as an 8-bit PNG named after the file")
+    parser.add_argument("--size", type=int, default=IMAGE_SIZE, metavar="N",
+                        help=f"output side in pixels, aspect kept, black padding (default {IMAGE_SIZE}; "
+                             "0 keeps the native size)")
+    parser.add_argument("--frame", type=int, default=None, metavar="K",
+                        help="frame of a multi-frame file, from 0 (default: middle DICOM frame, first "
+                             "TIFF/GIF frame)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Folders -> the files directly inside them (sorted, hidden and side files skipped); files as given."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(c for c in p.iterdir() if c.is_file() and not c.name.startswith(".")
+                          and c.suffix.lower() not in SIDE_FILE_SUFFIXES)
+        else:
+            out.append(p)  # a missing file is reported by read_scan like any other bad input
+    return out
+
+
+def _png_path(save_dir: Path, stem: str, taken: set[Path]) -> Path:
+    """stem.png, or stem-1.png, stem-2.png, ... when that name is already used in this run or is an input."""
+    candidate, k = save_dir / f"{stem}.png", 0
+    while candidate.resolve() in taken:
+        k += 1
+        candidate = save_dir / f"{stem}-{k}.png"
+    taken.add(candidate.resolve())
+    return candidate
+
+
+def _line(name: str, meta: dict, saved: Path | None) -> str:
+    parts = [f"{name}: ok", f"{meta['format']} {meta['mode']}", f"{meta['width']}x{meta['height']}"]
+    if meta["frames"] and meta["frames"] > 1:
+        parts.append(f"frame {meta['frame']} of {meta['frames']}")
+    if meta["modality"]:
+        parts.append(f"modality {meta['modality']}")
+    if meta["pixel_spacing"]:
+        parts.append("spacing {:g} x {:g} mm".format(*meta["pixel_spacing"]))
+    if meta["window"]:
+        w = meta["window"]
+        values = f" (C {w['center']:g}, W {w['width']:g})" if w["center"] is not None else ""
+        parts.append(f"window {w['source']}{values}")
+    if meta["size"]:
+        parts.append(f"-> {meta['size']}x{meta['size']}")
+    if saved is not None:
+        parts.append(f"saved {saved}")
+    return ", ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from medfedpure.io import META_KEYS, ScanReadError, read_scan, to_uint8
+
+    files = expand(args.files)
+    if not files:
+        print("error: no files to read (the folders given are empty)", file=sys.stderr)
+        return 2
+    size = args.size if args.size and args.size > 0 else None
+    taken = {f.resolve() for f in files}  # never overwrite an input scan with its preview
+    if args.save_dir is not None:
+        try:
+            args.save_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"error: cannot create the folder {args.save_dir} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
+
+    failed = 0
+    for path in files:
+        record = {"file": str(path), "name": path.name, "ok": True, "error": None}
+        saved = None
+        try:
+            scan = read_scan(path, size=size, frame=args.frame)
+            meta = scan.meta
+            if args.save_dir is not None:
+                saved = _png_path(args.save_dir, path.stem, taken)
+                Image.fromarray(to_uint8(scan.image)).save(saved)
+        except ScanReadError as exc:
+            failed += 1
+            meta = dict.fromkeys(META_KEYS)
+            record.update(ok=False, error=str(exc))
+        except OSError as exc:  # writing the preview failed (disk full, permissions): not the scan's fault
+            failed += 1
+            meta, saved = scan.meta, None
+            record.update(ok=False, error=f"{path.name}: could not save the preview ({exc.strerror or exc}).")
+        record.update(meta)
+        record["saved"] = str(saved) if saved is not None else None
+        if args.json:
+            print(json.dumps(record), flush=True)
+        elif record["ok"]:
+            print(_line(path.name, meta, saved), flush=True)
+        else:
+            print(f"error: {record['error']}", file=sys.stderr, flush=True)
+    if not args.json and len(files) > 1:
+        print(f"{len(files) - failed} of {len(files)} file(s) read", file=sys.stderr)
+    return 2 if failed else 0

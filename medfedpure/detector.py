@@ -1,0 +1,63 @@
+"""MAE anomaly detector: scores, per-pixel error maps, per-hospital calibration and the adaptive t*."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medfedpure.models.mae import MaskedAutoencoder, complementary_keep_sets
+
+
+def keep_sets_for(mae: MaskedAutoencoder, repeats: int, seed: int, device=None) -> torch.Tensor:
+    return complementary_keep_sets(mae.num_patches, mae.mask_ratio, repeats, seed).to(device)
+
+
+def reconstruct(mae: MaskedAutoencoder, x: torch.Tensor, keep_sets: torch.Tensor):
+    """Average reconstruction and absolute-error map over the M masks, counting only hidden patches.
+
+    x: (N, 1, H, W) in [0, 1]; keep_sets: (M, L_keep). Returns (recon, error_map), both (N, 1, H, W).
+    Differentiable with respect to x (the adaptive attack pushes the score down through it).
+    """
+    n, m = x.shape[0], keep_sets.shape[0]
+    xr = x.repeat_interleave(m, dim=0)                       # (N*M, 1, H, W), masks vary fastest
+    keep = keep_sets.repeat(n, 1)                             # (N*M, L_keep)
+    pred = mae(xr, keep)                                      # (N*M, L, p*p)
+    hidden = torch.ones(n * m, mae.num_patches, device=x.device)
+    hidden.scatter_(1, keep, 0.0)
+    hidden = hidden.view(n, m, mae.num_patches, 1)
+    pred = pred.view(n, m, mae.num_patches, -1)
+    weight = hidden.sum(1).clamp_min(1.0)                     # masks in which each patch was hidden
+    recon_patches = (pred * hidden).sum(1) / weight
+    err_patches = ((pred - mae.patchify(x)[:, None]).abs() * hidden).sum(1) / weight
+    return mae.unpatchify(recon_patches).clamp(0, 1), mae.unpatchify(err_patches)
+
+
+def anomaly_score(error_map: torch.Tensor) -> torch.Tensor:
+    """Mean absolute reconstruction error per scan, (N,).
+
+    L1 rather than squared error: an L-inf attack spreads a small, dense perturbation over the whole scan,
+    including the black background, and L1 weighs that against the few large errors at tissue edges that
+    even clean scans have (measured on validation scans; see reports/).
+    """
+    return error_map.flatten(1).mean(1)
+
+
+def calibrate_threshold(clean_scores: np.ndarray, target_fpr: float = 0.05) -> float:
+    """The score that at most `target_fpr` of a hospital's own clean validation scans exceed."""
+    scores = np.sort(np.asarray(clean_scores, dtype=np.float64))
+    if scores.size == 0:
+        raise ValueError("cannot calibrate a threshold without clean validation scans")
+    # Smallest threshold with (#scores > thr) / n <= target_fpr: the ceil(n (1 - fpr))-th order statistic.
+    k = int(np.ceil(scores.size * (1 - target_fpr))) - 1
+    return float(scores[min(max(k, 0), scores.size - 1)])
+
+
+def adaptive_t_star(score: torch.Tensor, threshold: torch.Tensor | float, scale: torch.Tensor | float,
+                    t_min: int, t_max: int) -> torch.Tensor:
+    """t*(s) = t_min + (t_max - t_min) * clip((s - thr) / scale, 0, 1): monotone in the anomaly score.
+
+    A scan just over its threshold gets the gentlest purification (t_min); one `scale` above it, the strongest
+    (t_max). `scale` is calibrated per hospital as the spread of its clean scores (thr - median).
+    """
+    frac = ((score - threshold) / scale).clamp(0, 1)
+    return (t_min + (t_max - t_min) * frac).round().long()

@@ -1,0 +1,1 @@
+"""Flower apps (ServerApp / ClientApp) for the three models; the training steps are plain functions in `steps`."""

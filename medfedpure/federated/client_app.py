@@ -1,0 +1,138 @@
+"""The hospital side: one ClientApp for all three models. A node only ever loads its own hospital's scans.
+
+Which scans are "its own": the node's `data-path` (a preprocessed cache; on the deployment engine each
+SuperNode is started with its own) and its `hospital` id (`--node-config "hospital=3 data-path=..."`). On the
+simulation engine every virtual node shares one cache file and selects its rows by partition id.
+Personal state (the classifier's gate, or a whole local-only model) lives in `context.state` between rounds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from medfedpure.device import pick_device
+from medfedpure.federated import steps
+from medfedpure.federated.task import build_model, hospital_data, shared_state
+
+app = ClientApp()
+
+PERSONAL = "personal"
+
+
+def _settings(msg: Message) -> dict:
+    cfg = dict(msg.content.config_records.get("config", ConfigRecord()))
+    cfg["model-config"] = json.loads(cfg.get("model-config", "{}"))
+    return cfg
+
+
+def _hospital(context: Context) -> int:
+    node = context.node_config
+    return int(node.get("hospital", node.get("partition-id", 0)))
+
+
+def _data_path(context: Context, cfg: dict) -> str:
+    return str(context.node_config.get("data-path", cfg.get("data-path", "")))
+
+
+def _prepare(msg: Message, context: Context):
+    cfg = _settings(msg)
+    torch.set_num_threads(int(cfg.get("client-threads", 1)))
+    hospital = _hospital(context)
+    model = build_model(cfg["model"], cfg["model-config"])
+    incoming = msg.content.array_records["arrays"].to_torch_state_dict()
+    personal = context.state.array_records.get(PERSONAL)
+    if cfg.get("mode") == "local" and personal is not None:
+        model.load_state_dict(personal.to_torch_state_dict())  # local-only: ignore the global model
+    else:
+        model.load_state_dict(incoming, strict=False)
+        if personal is not None:
+            model.load_state_dict(personal.to_torch_state_dict(), strict=False)  # the hospital's own gate
+    return cfg, hospital, model
+
+
+def _keep_personal(model, cfg: dict, context: Context) -> None:
+    if cfg.get("mode") == "local":
+        context.state[PERSONAL] = ArrayRecord(model.state_dict())
+    elif hasattr(model, "personal_state") and model.personal_state():
+        context.state[PERSONAL] = ArrayRecord(model.personal_state())
+
+
+def _inject_faults(cfg: dict, hospital: int, state: dict) -> dict:
+    """Test hooks that simulate a broken hospital: drop out, send NaNs, or send a hugely scaled update."""
+    if int(cfg.get("fault-drop-hospital", -1)) == hospital:
+        raise RuntimeError(f"hospital {hospital} dropped out (fault injection)")
+    if int(cfg.get("fault-nan-hospital", -1)) == hospital:
+        state = {k: (v.float() * float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    if int(cfg.get("fault-scale-hospital", -1)) == hospital:
+        state = {k: (v * 1e4) if v.is_floating_point() else v for k, v in state.items()}
+    return state
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, hospital, model = _prepare(msg, context)
+    data = hospital_data(_data_path(context, cfg), hospital, cfg)
+    device = pick_device(cfg.get("device"))
+    seed = int(cfg.get("seed", 0)) * 1000 + int(cfg.get("server-round", 1)) * 17 + hospital
+    kind = cfg["model"]
+    if kind == "classifier":
+        metrics = steps.train_classifier(model, data.train_x, data.train_y, epochs=int(cfg["local-epochs"]),
+                                         lr=float(cfg["lr"]), batch_size=int(cfg["batch-size"]), seed=seed,
+                                         device=device)
+    elif kind == "mae":
+        metrics = steps.train_mae(model, data.train_x, epochs=int(cfg["local-epochs"]), lr=float(cfg["lr"]),
+                                  batch_size=int(cfg["batch-size"]), seed=seed, device=device)
+    else:
+        n_steps = max(1, round(float(cfg["local-epochs"]) * len(data.train_x) / int(cfg["batch-size"])))
+        metrics = steps.train_purifier(model, data.train_x, steps=n_steps, lr=float(cfg["lr"]),
+                                       batch_size=int(cfg["batch-size"]), crop=int(cfg.get("crop", 64)),
+                                       max_timestep=int(cfg.get("max-timestep", 300)), seed=seed, device=device)
+    model.cpu()
+    _keep_personal(model, cfg, context)
+    state = _inject_faults(cfg, hospital, shared_state(model))
+    metrics = {**metrics, "hospital": hospital, "num-examples": len(data.train_x)}
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, hospital, model = _prepare(msg, context)
+    data = hospital_data(_data_path(context, cfg), hospital, cfg, with_test=bool(cfg.get("eval-test", False)))
+    device = pick_device(cfg.get("device"))
+    kind = cfg["model"]
+    out: dict = {"hospital": hospital, "num-examples": len(data.val_x)}
+    if kind == "classifier":
+        val = steps.evaluate_classifier(model, data.val_x, data.val_y, device=device)
+        out.update({"val-accuracy": val["accuracy"], "val-loss": val["loss"]})
+        if cfg.get("eval-test"):
+            test = steps.evaluate_classifier(model, data.test_x, data.test_y, device=device)
+            out.update({"test-accuracy": test["accuracy"], "test-n": test["num-examples"]})
+    elif kind == "mae":
+        out["val-loss"] = steps.evaluate_mae(model, data.val_x, device=device)["loss"]
+    else:
+        out["val-loss"] = steps.evaluate_purifier(model, data.val_x, device=device)["loss"]
+    return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Release step after training: the hospital publishes what the shipped checkpoint needs from it.
+
+    Classifier: its personalised gate (so the demo can offer every hospital's model). Detector: its threshold
+    calibrated on its own clean validation scans, plus score quantiles; never the scans themselves.
+    """
+    cfg, hospital, model = _prepare(msg, context)
+    content = RecordDict()
+    if cfg["model"] == "classifier" and cfg.get("mode") != "local":
+        content["personal"] = ArrayRecord(model.personal_state()) if model.personal_state() else ArrayRecord()
+    if cfg["model"] == "mae":
+        from medfedpure.federated.task import calibrate_hospital
+
+        data = hospital_data(_data_path(context, cfg), hospital, cfg)
+        content["calibration"] = MetricRecord(calibrate_hospital(model, data.val_x, cfg, pick_device(cfg.get("device"))))
+    content["metrics"] = MetricRecord({"hospital": hospital, "num-examples": len(msg.content.array_records)})
+    return Message(content, reply_to=msg)

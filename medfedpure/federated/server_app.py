@@ -1,0 +1,84 @@
+"""The server side: FedAvg rounds over the hospitals, records, plot and the checkpoint.
+
+`run_training(grid, settings)` is the whole job; the module-level `app` runs it with the run config from
+`pyproject.toml` (`flwr run .`), and `medfedpure train` runs it on Flower's simulation engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from logging import INFO, WARNING
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from medfedpure.federated import settings as run_settings
+from medfedpure.federated.records import save_history
+from medfedpure.federated.strategy import RobustFedAvg
+from medfedpure.federated.task import build_model, shared_state
+
+
+def _train_config(settings: dict) -> ConfigRecord:
+    flat = {k: v for k, v in settings.items() if k != "model-config" and not isinstance(v, dict)}
+    flat["model-config"] = json.dumps(settings["model-config"])
+    return ConfigRecord(flat)
+
+
+def _release(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, timeout: float) -> list[Message]:
+    """Ask every hospital for what it publishes with the final checkpoint (gates, detector calibration)."""
+    node_ids = list(grid.get_node_ids())
+    messages = [Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=n, message_type=MessageType.QUERY)
+                for n in node_ids]
+    replies = [r for r in grid.send_and_receive(messages, timeout=timeout) if not r.has_error()]
+    if len(replies) < len(node_ids):
+        log(WARNING, "Release: %d of %d hospitals answered", len(replies), len(node_ids))
+    return replies
+
+
+def run_training(grid: Grid, settings: dict) -> dict:
+    kind = settings["model"]
+    torch.manual_seed(int(settings["seed"]))
+    model = build_model(kind, settings["model-config"])
+    n = int(settings["num-hospitals"])
+    min_nodes = max(1, math.ceil(float(settings["min-fraction"]) * n))
+    strategy = RobustFedAvg(
+        fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes,
+        min_available_nodes=min_nodes, max_norm_ratio=float(settings["max-norm-ratio"]),
+        num_rounds=int(settings["num-rounds"]),
+    )
+    config = _train_config(settings)
+    started = time.time()
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(shared_state(model)),
+                            num_rounds=int(settings["num-rounds"]), timeout=float(settings["round-timeout"]),
+                            train_config=config, evaluate_config=config)
+    train_seconds = time.time() - started
+    if not any(r["phase"] == "train" for r in strategy.records):
+        raise RuntimeError("no hospital completed a training round; nothing to save (see the Flower log)")
+    final = result.arrays
+    model.load_state_dict(final.to_torch_state_dict(), strict=False)
+    replies = _release(grid, final, config, float(settings["round-timeout"]))
+
+    out_dir = Path(settings["out-dir"]) / kind
+    summary = {"model": kind, "settings": settings, "train_seconds": round(train_seconds, 1),
+               "rejected_updates": strategy.rejected}
+    from medfedpure.federated.checkpoint import write_checkpoint
+
+    write_checkpoint(out_dir, kind, model, settings, replies, summary)
+    save_history(out_dir, strategy.records, kind, summary)
+    log(INFO, "Saved %s checkpoint and records to %s (%.0f s of training)", kind, out_dir, train_seconds)
+    return summary
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = dict(context.run_config)
+    kind = str(cfg.pop("model", "classifier"))
+    run_training(grid, run_settings.resolve(kind, cfg))

@@ -1,0 +1,89 @@
+"""FedAvg that survives bad hospitals: non-finite updates are rejected, wildly scaled ones too.
+
+It also keeps every hospital's evaluation metrics per round, for the records and the accuracy plot.
+"""
+
+from __future__ import annotations
+
+from logging import WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+
+def update_norm(arrays: ArrayRecord, reference: dict[str, np.ndarray]) -> float:
+    """L2 norm of (arrays - reference) over all floating-point arrays; inf if any value is not finite."""
+    total = 0.0
+    for key, arr in arrays.items():
+        value = arr.numpy()
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        if not np.all(np.isfinite(value)):
+            return float("inf")
+        ref = reference.get(key)
+        diff = value - ref if ref is not None and ref.shape == value.shape else value
+        total += float(np.sum(diff.astype(np.float64) ** 2))
+    return total ** 0.5
+
+
+def screen_updates(norms: list[float], max_ratio: float) -> list[bool]:
+    """Accept finite updates whose norm is at most `max_ratio` times the median finite norm."""
+    finite = [n for n in norms if np.isfinite(n)]
+    if not finite:
+        return [False] * len(norms)
+    median = float(np.median(finite))
+    return [bool(np.isfinite(n) and (median == 0 or n <= max_ratio * median)) for n in norms]
+
+
+class RobustFedAvg(FedAvg):
+    def __init__(self, *args, max_norm_ratio: float = 10.0, num_rounds: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_norm_ratio = max_norm_ratio
+        self.num_rounds = num_rounds
+        self._reference: dict[str, np.ndarray] = {}
+        self.records: list[dict] = []  # one row per (round, hospital, phase)
+        self.rejected: list[dict] = []
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self._reference = {k: a.numpy() for k, a in arrays.items()}
+        config["num-rounds"] = self.num_rounds
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        config["eval-test"] = server_round == self.num_rounds  # the global test split once, at the end
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies):
+        replies = list(replies)
+        good = [m for m in replies if not m.has_error()]
+        norms = [update_norm(m.content[self.arrayrecord_key], self._reference) for m in good]
+        accepted = screen_updates(norms, self.max_norm_ratio)
+        kept = []
+        for msg, norm, ok in zip(good, norms, accepted):
+            metrics = msg.content.metric_records.get("metrics", MetricRecord())
+            hospital = int(metrics.get("hospital", -1))
+            row = {"round": server_round, "phase": "train", "hospital": hospital, "update_norm": norm,
+                   **{k: v for k, v in metrics.items() if k != "hospital"}}
+            if ok:
+                kept.append(msg)
+                self.records.append(row)
+            else:
+                log(WARNING, "Round %d: rejected the update of hospital %d (norm %s)", server_round, hospital, norm)
+                self.rejected.append(row)
+        dropped = len(replies) - len(good)
+        if dropped:
+            log(WARNING, "Round %d: %d hospital(s) dropped out; aggregating the others", server_round, dropped)
+        if not kept:
+            return None, None  # keeps the previous global model
+        return super().aggregate_train(server_round, kept)
+
+    def aggregate_evaluate(self, server_round: int, replies):
+        replies = [m for m in replies if not m.has_error()]
+        for msg in replies:
+            metrics = msg.content.metric_records.get("metrics", MetricRecord())
+            self.records.append({"round": server_round, "phase": "evaluate", "hospital": int(metrics.get("hospital", -1)),
+                                 **{k: v for k, v in metrics.items() if k != "hospital"}})
+        return super().aggregate_evaluate(server_round, replies)

@@ -1,0 +1,98 @@
+"""What the Flower apps share: building each model from its config, a hospital's data, calibration."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medfedpure import detector
+from medfedpure.models.classifier import MixtureOfExpertsClassifier
+from medfedpure.models.mae import MaskedAutoencoder
+from medfedpure.models.purifier import DiffusionPurifier, build_unet
+
+
+def build_model(kind: str, config: dict):
+    if kind == "classifier":
+        return MixtureOfExpertsClassifier(**config)
+    if kind == "mae":
+        return MaskedAutoencoder(**config)
+    if kind == "purifier":
+        return DiffusionPurifier(build_unet(**config))
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def shared_state(model) -> dict[str, torch.Tensor]:
+    """What a hospital sends to the server: everything but personal layers and BN batch counters."""
+    state = model.shared_state() if hasattr(model, "shared_state") else model.state_dict()
+    return {k: v.detach().cpu() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+@dataclass
+class HospitalData:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
+
+
+@functools.lru_cache(maxsize=2)
+def _cache(path: str):
+    from medfedpure.data import load_cache
+
+    return load_cache(path)
+
+
+def _select(cache, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(cache.images[mask].astype(np.float32) / 255.0).unsqueeze(1)
+    y = torch.from_numpy(cache.labels[mask].astype(np.int64))
+    return x, y
+
+
+def hospital_data(path: str, hospital: int, cfg: dict, with_test: bool = False) -> HospitalData:
+    if not path:
+        raise ValueError("no data-path: start the SuperNode with --node-config \"data-path=... hospital=N\"")
+    cache = _cache(path)
+    mine = cache.hospital == hospital
+    train_x, train_y = _select(cache, mine & (cache.split == "train"))
+    val_x, val_y = _select(cache, mine & (cache.split == "val"))
+    if cfg.get("shift"):
+        from medfedpure.data import apply_acquisition_shift, hospital_shift
+
+        params = hospital_shift(hospital, int(cfg.get("seed", 0)))
+        gen = np.random.default_rng(int(cfg.get("seed", 0)) + hospital)
+        train_x = torch.as_tensor(apply_acquisition_shift(train_x.numpy(), params, gen))
+        val_x = torch.as_tensor(apply_acquisition_shift(val_x.numpy(), params, gen))
+    data = HospitalData(train_x, train_y, val_x, val_y)
+    if with_test:
+        data.test_x, data.test_y = _select(cache, cache.split == "test")
+    return data
+
+
+@torch.no_grad()
+def detector_scores(mae: MaskedAutoencoder, images: torch.Tensor, repeats: int, seed: int,
+                    device: torch.device | str = "cpu", batch_size: int = 32) -> np.ndarray:
+    mae.to(device).eval()
+    keep = detector.keep_sets_for(mae, repeats, seed, device)
+    out = []
+    for i in range(0, len(images), batch_size):
+        _, err = detector.reconstruct(mae, images[i:i + batch_size].to(device), keep)
+        out.append(detector.anomaly_score(err).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def calibrate_hospital(mae: MaskedAutoencoder, val_x: torch.Tensor, cfg: dict, device) -> dict:
+    scores = detector_scores(mae, val_x, int(cfg.get("score-repeats", 2)), int(cfg.get("seed", 0)), device)
+    fpr = float(cfg.get("target-fpr", 0.05))
+    threshold = detector.calibrate_threshold(scores, fpr)
+    median = float(np.median(scores))
+    return {
+        "threshold": threshold,
+        "scale": max(threshold - median, 1e-6),
+        "val-n": int(len(scores)),
+        "quantiles": [float(q) for q in np.quantile(scores, np.linspace(0, 1, 21))],
+    }

@@ -1,0 +1,129 @@
+"""Masked autoencoder (ViT) for 1-channel scans, after facebookresearch/mae ``models_mae.py``.
+
+The detector scores a scan by how badly the MAE, trained on clean scans only, reconstructs the patches it
+could not see. Adversarial noise is high-frequency and unpredictable from the visible patches, so it raises
+that error. Pixels stay in [0, 1] (no per-patch normalisation) so the error map is in image units.
+"""
+
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+
+def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, (grid*grid, dim), as in MAE."""
+    coords = torch.arange(grid, dtype=torch.float32)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    parts = []
+    for pos in (yy.flatten(), xx.flatten()):
+        angles = pos[:, None] * omega[None, :]
+        parts += [torch.sin(angles), torch.cos(angles)]
+    return torch.cat(parts, dim=1)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class MaskedAutoencoder(nn.Module):
+    def __init__(self, image_size: int = 128, patch_size: int = 16, embed_dim: int = 192, depth: int = 6,
+                 heads: int = 4, decoder_dim: int = 128, decoder_depth: int = 2, decoder_heads: int = 4,
+                 mask_ratio: float = 0.75):
+        super().__init__()
+        self.config = dict(image_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                           heads=heads, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
+                           decoder_heads=decoder_heads, mask_ratio=mask_ratio)
+        self.patch_size = patch_size
+        self.grid = image_size // patch_size
+        self.num_patches = self.grid ** 2
+        self.mask_ratio = mask_ratio
+        self.patch_embed = nn.Conv2d(1, embed_dim, patch_size, stride=patch_size)
+        self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, self.grid)[None], persistent=False)
+        self.blocks = nn.ModuleList(Block(embed_dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.decoder_embed = nn.Linear(embed_dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed(decoder_dim, self.grid)[None], persistent=False)
+        self.decoder_blocks = nn.ModuleList(Block(decoder_dim, decoder_heads) for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, patch_size ** 2)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    # imgs: (N, 1, H, W) <-> patches: (N, L, p*p)
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        n, p, g = imgs.shape[0], self.patch_size, self.grid
+        x = imgs.reshape(n, 1, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(n, g * g, p * p)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        n, p, g = patches.shape[0], self.patch_size, self.grid
+        x = patches.reshape(n, g, g, p, p).permute(0, 1, 3, 2, 4)
+        return x.reshape(n, 1, g * p, g * p)
+
+    def random_keep(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """Indices of the visible patches, (N, L_keep), a random subset per sample."""
+        keep = int(round(self.num_patches * (1 - self.mask_ratio)))
+        noise = torch.rand(n, self.num_patches, generator=generator, device="cpu")
+        return noise.argsort(dim=1)[:, :keep].to(device)
+
+    def forward(self, imgs: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
+        """Reconstruct every patch from the visible ones. Returns patches (N, L, p*p) in pixel units."""
+        x = self.patch_embed(imgs * 2 - 1).flatten(2).transpose(1, 2) + self.pos_embed  # (N, L, D)
+        x = torch.gather(x, 1, keep_idx[..., None].expand(-1, -1, x.shape[-1]))
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.decoder_embed(self.norm(x))
+        n, dd = x.shape[0], x.shape[-1]
+        full = self.mask_token.expand(n, self.num_patches, dd).clone()
+        full = full.scatter(1, keep_idx[..., None].expand(-1, -1, dd), x) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            full = blk(full)
+        return self.decoder_pred(self.decoder_norm(full))
+
+    def masked_loss(self, imgs: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
+        """Training loss: mean squared error on the masked patches only (as in MAE)."""
+        pred = self.forward(imgs, keep_idx)
+        target = self.patchify(imgs)
+        masked = torch.ones(imgs.shape[0], self.num_patches, device=imgs.device)
+        masked.scatter_(1, keep_idx, 0.0)
+        per_patch = ((pred - target) ** 2).mean(-1)
+        return (per_patch * masked).sum() / masked.sum()
+
+
+def complementary_keep_sets(num_patches: int, mask_ratio: float, repeats: int, seed: int) -> torch.Tensor:
+    """Masks for scoring: each repeat is a seeded permutation cut into 1/(1-ratio) disjoint visible sets.
+
+    With ratio 0.75 every patch is hidden in exactly 3 of each 4 masks, so the averaged error map covers every
+    pixel equally (random masks would leave some patches never hidden). Returns (M, L_keep) indices.
+    """
+    keep = int(round(num_patches * (1 - mask_ratio)))
+    groups = num_patches // keep
+    gen = torch.Generator().manual_seed(seed)
+    sets = []
+    for _ in range(repeats):
+        perm = torch.randperm(num_patches, generator=gen)
+        sets += [perm[i * keep:(i + 1) * keep].sort().values for i in range(groups)]
+    return torch.stack(sets)
+
+
+def num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["MaskedAutoencoder", "complementary_keep_sets", "sincos_pos_embed", "num_params"]

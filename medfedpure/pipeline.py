@@ -1,0 +1,298 @@
+"""The MedFedPure pipeline: detect (MAE) -> purify flagged scans (diffusion) -> classify (hospital's model).
+
+    pipe = MedFedPure.from_pretrained("pretrained")          # or a Hub repo id
+    result = pipe.analyze(scans, hospital=3)                  # every intermediate, per scan
+
+Everything the app shows and the CLI prints comes from the returned result; nothing recomputes a stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medfedpure import detector
+from medfedpure.device import pick_device
+from medfedpure.hub import load_weights, resolve_model
+from medfedpure.models.classifier import Gate, HospitalClassifier, MixtureOfExpertsClassifier
+from medfedpure.models.mae import MaskedAutoencoder
+from medfedpure.models.purifier import DiffusionPurifier
+
+PURIFY_MODES = ("flagged", "always", "never")
+
+
+@dataclass
+class ScanResult:
+    """One scan through the pipeline. Images are float32 (H, W) arrays in [0, 1]."""
+
+    name: str
+    hospital: int
+    input: np.ndarray
+    reconstruction: np.ndarray
+    error_map: np.ndarray
+    score: float
+    threshold: float
+    flagged: bool
+    t_star: int
+    purified: np.ndarray | None
+    probabilities: list[float]            # classifier on the input
+    purified_probabilities: list[float] | None
+    final_probabilities: list[float]      # what the defence answers
+    prediction: str
+    purified_prediction: str | None
+    final_prediction: str
+    timings_ms: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-ready, no images."""
+        keep = ("name", "hospital", "score", "threshold", "flagged", "t_star", "probabilities",
+                "purified_probabilities", "final_probabilities", "prediction", "purified_prediction",
+                "final_prediction", "timings_ms")
+        return {k: getattr(self, k) for k in keep}
+
+
+@dataclass
+class AnalysisResult:
+    scans: list[ScanResult]
+    device: str
+    timings_ms: dict
+
+    def __iter__(self):
+        return iter(self.scans)
+
+    def __len__(self):
+        return len(self.scans)
+
+    def __getitem__(self, i):
+        return self.scans[i]
+
+
+class DefendedClassifier(nn.Module):
+    """The whole defence as one differentiable module (for adaptive attacks): x -> log-probabilities.
+
+    Purification is applied with a soft flag: t* follows the score, so a scan under its threshold gets t* = 0 and
+    passes unchanged, exactly as in `analyze`. Randomness comes from `generator` (expectation over it = EOT).
+    """
+
+    def __init__(self, pipe: "MedFedPure", hospital: int, purify: str = "flagged"):
+        super().__init__()
+        self.pipe, self.hospital, self.purify_mode = pipe, hospital, purify
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, err = detector.reconstruct(self.pipe.mae, x, self.pipe.keep_sets)
+        score = detector.anomaly_score(err)
+        t_star = self.pipe.t_star(score.detach(), self.hospital, self.purify_mode)
+        x = self.pipe.purifier.purify(x, t_star, steps=self.pipe.ddim_steps, generator=self.generator)
+        return self.pipe.classifier_for(self.hospital)(x)
+
+
+class MedFedPure:
+    def __init__(self, classifier: MixtureOfExpertsClassifier, gates: dict[int, Gate], mae: MaskedAutoencoder,
+                 detector_config: dict, purifier: DiffusionPurifier, purification: dict, *,
+                 device: str | torch.device | None = None, source_description: str = ""):
+        self.device = pick_device(device if device is None else str(device))
+        self.classifier = classifier.to(self.device).eval()
+        self.gates = {h: g.to(self.device).eval() for h, g in gates.items()}
+        self._hospital_models = {h: HospitalClassifier(self.classifier, g).eval() for h, g in self.gates.items()}
+        self._global_model = HospitalClassifier(self.classifier, self.classifier.gate).eval()
+        self.mae = mae.to(self.device).eval()
+        self.detector_config = detector_config
+        self.calibration = {int(h): c for h, c in detector_config["calibration"].items()}
+        self.keep_sets = detector.keep_sets_for(mae, int(detector_config["score_repeats"]),
+                                                int(detector_config["score_seed"]), self.device)
+        self.purifier = purifier.to(self.device).eval()
+        self.t_min, self.t_max = int(purification["t_min"]), int(purification["t_max"])
+        self.ddim_steps = int(purification["ddim_steps"])
+        self.class_names = list(getattr(classifier, "class_names", ["no_tumour", "tumour"]))
+        self.source_description = source_description
+        for module in (self.classifier, self.mae, self.purifier):
+            module.requires_grad_(False)
+
+    # ----------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, source: str | Path | None = None, revision: str | None = None,
+                        device: str | None = None) -> "MedFedPure":
+        resolved = resolve_model(source, revision)
+        root = Path(resolved.path)
+        classifier, gates, class_names = load_classifier(root / "classifier")
+        mae, det_cfg = load_mae(root / "detector")
+        purifier, purification = load_purifier(root / "purifier")
+        pipe = cls(classifier, gates, mae, det_cfg, purifier, purification, device=device,
+                   source_description=resolved.description)
+        pipe.class_names = class_names
+        pipe.source = resolved
+        return pipe
+
+    @property
+    def hospitals(self) -> list[int]:
+        return sorted(self.gates) or sorted(self.calibration)
+
+    def _check_hospital(self, hospital: int) -> int:
+        hospital = int(hospital)
+        if self.gates and hospital not in self.gates:
+            raise ValueError(f"unknown hospital {hospital}; this checkpoint has hospitals {self.hospitals}")
+        return hospital
+
+    def classifier_for(self, hospital: int) -> nn.Module:
+        """The hospital's personalised classifier: x in [0, 1] -> log-probabilities (differentiable)."""
+        return self._hospital_models.get(int(hospital), self._global_model)
+
+    def threshold(self, hospital: int) -> float:
+        cal = self.calibration.get(int(hospital))
+        if cal is None:  # a hospital without its own calibration uses the most conservative one
+            return float(min(c["threshold"] for c in self.calibration.values()))
+        return float(cal["threshold"])
+
+    def _scale(self, hospital: int) -> float:
+        cal = self.calibration.get(int(hospital)) or next(iter(self.calibration.values()))
+        return float(cal["scale"])
+
+    def clean_quantiles(self, hospital: int) -> list[float]:
+        cal = self.calibration.get(int(hospital)) or next(iter(self.calibration.values()))
+        return list(cal["quantiles"])
+
+    # ----------------------------------------------------------------------------------- stages
+    def detect(self, x: torch.Tensor):
+        """(reconstruction, error map, score) for a batch (N, 1, H, W) in [0, 1]."""
+        recon, err = detector.reconstruct(self.mae, x, self.keep_sets)
+        return recon, err, detector.anomaly_score(err)
+
+    def t_star(self, score: torch.Tensor, hospital: int, purify: str = "flagged") -> torch.Tensor:
+        """Diffusion depth per scan: 0 (no purification) under the threshold unless purify == "always"."""
+        thr, scale = self.threshold(hospital), self._scale(hospital)
+        t = detector.adaptive_t_star(score, thr, scale, self.t_min, self.t_max)
+        if purify == "always":
+            return t
+        if purify == "never":
+            return torch.zeros_like(t)
+        return torch.where(score > thr, t, torch.zeros_like(t))
+
+    def purify(self, x: torch.Tensor, t_star: torch.Tensor, seed: int | None = 0) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        return self.purifier.purify(x, t_star, steps=self.ddim_steps, generator=gen)
+
+    def defended(self, hospital: int, purify: str = "flagged") -> DefendedClassifier:
+        return DefendedClassifier(self, self._check_hospital(hospital), purify)
+
+    # ----------------------------------------------------------------------------------- analyse
+    def _as_batch(self, scans) -> tuple[torch.Tensor, list[str]]:
+        if isinstance(scans, torch.Tensor):
+            x = scans if scans.dim() == 4 else scans.unsqueeze(1) if scans.dim() == 3 else scans[None, None]
+            return x.float(), [f"scan{i}" for i in range(x.shape[0])]
+        items = scans if isinstance(scans, (list, tuple)) else [scans]
+        arrays, names = [], []
+        for i, item in enumerate(items):
+            image = getattr(item, "image", item)
+            arrays.append(torch.as_tensor(np.asarray(image, dtype=np.float32)))
+            names.append(getattr(item, "name", f"scan{i}"))
+        return torch.stack(arrays).unsqueeze(1), names
+
+    @torch.no_grad()
+    def analyze(self, scans, hospital: int = 0, *, purify: str = "flagged", seed: int | None = 0) -> AnalysisResult:
+        """Run the three stages on a batch. `scans`: tensor (N,1,H,W)/(N,H,W), array(s) or `io.Scan` objects."""
+        if purify not in PURIFY_MODES:
+            raise ValueError(f"purify must be one of {PURIFY_MODES}")
+        hospital = self._check_hospital(hospital)
+        x, names = self._as_batch(scans)
+        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise ValueError("scans must be finite and scaled to [0, 1]")
+        x = x.to(self.device)
+        timings = {}
+        clock = _Clock(self.device)
+        model = self.classifier_for(hospital)
+        probs = model(x).exp()
+        timings["classify"] = clock.lap()
+        recon, err, score = self.detect(x)
+        timings["detect"] = clock.lap()
+        thr = self.threshold(hospital)
+        flagged = score > thr
+        t_star = self.t_star(score, hospital, purify)
+        purified = probs_after = None
+        todo = t_star > 0
+        if todo.any():
+            purified = x.clone()
+            purified[todo] = self.purify(x[todo], t_star[todo], seed)
+            timings["purify"] = clock.lap()
+            probs_after = probs.clone()
+            probs_after[todo] = model(purified[todo]).exp()
+            timings["classify_purified"] = clock.lap()
+        n = x.shape[0]
+        total = sum(timings.values())
+        results = []
+        for i in range(n):
+            was_purified = bool(todo[i])
+            p_before = probs[i].tolist()
+            p_after = probs_after[i].tolist() if was_purified else None
+            final = p_after if was_purified else p_before
+            per_scan = {k: round(v / n, 2) for k, v in timings.items()}
+            per_scan["total"] = round(total / n, 2)
+            results.append(ScanResult(
+                name=names[i], hospital=hospital, input=_np(x[i]), reconstruction=_np(recon[i]),
+                error_map=_np(err[i]), score=float(score[i]), threshold=thr, flagged=bool(flagged[i]),
+                t_star=int(t_star[i]), purified=_np(purified[i]) if was_purified else None,
+                probabilities=p_before, purified_probabilities=p_after, final_probabilities=final,
+                prediction=self.class_names[int(np.argmax(p_before))],
+                purified_prediction=self.class_names[int(np.argmax(p_after))] if was_purified else None,
+                final_prediction=self.class_names[int(np.argmax(final))], timings_ms=per_scan))
+        return AnalysisResult(results, str(self.device), {k: round(v, 2) for k, v in timings.items()})
+
+
+class _Clock:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.t = time.perf_counter()
+
+    def lap(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        ms, self.t = (now - self.t) * 1000, now
+        return ms
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()[0]
+
+
+# --------------------------------------------------------------------------------------- loaders
+def load_classifier(folder: Path):
+    state, config = load_weights(folder)
+    model = MixtureOfExpertsClassifier(num_classes=config["num_classes"], num_experts=config["num_experts"],
+                                       width=config["width"], gate_width=config["gate_width"])
+    shared = {k: v for k, v in state.items() if not k.startswith("gates.")}
+    missing, unexpected = model.load_state_dict(shared, strict=False)
+    missing = [k for k in missing if not k.startswith("gate.") and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ValueError(f"classifier weights do not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    gates = {}
+    for h in config.get("hospitals", []):
+        gate = Gate(config["num_experts"], config["gate_width"])
+        prefix = f"gates.{h}."
+        gate.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        gates[int(h)] = gate
+    return model.float(), gates, config.get("class_names", ["no_tumour", "tumour"])
+
+
+def load_mae(folder: Path):
+    state, config = load_weights(folder)
+    names = ("image_size", "patch_size", "embed_dim", "depth", "heads", "decoder_dim", "decoder_depth",
+             "decoder_heads", "mask_ratio")
+    mae = MaskedAutoencoder(**{k: config[k] for k in names})
+    mae.load_state_dict({k: v.float() for k, v in state.items()})
+    return mae, config
+
+
+def load_purifier(folder: Path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+    scheduler = DDPMScheduler.from_pretrained(folder)
+    purification = json.loads((folder / "purification.json").read_text())
+    return DiffusionPurifier(unet.float(), scheduler), purification
