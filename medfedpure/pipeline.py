@@ -292,7 +292,7 @@ def load_mae(folder: Path):
 def load_purifier(folder: Path):
     from diffusers import DDPMScheduler, UNet2DModel
 
-    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True, torch_dtype=torch.float32)
+    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
     scheduler = DDPMScheduler.from_pretrained(folder)
     purification = json.loads((folder / "purification.json").read_text())
     return DiffusionPurifier(unet.float(), scheduler), purification

@@ -33,7 +33,7 @@ PER_MODEL = {
                          "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_ratio": 0.75},
     },
     "purifier": {
-        "num-rounds": 12, "local-epochs": 4, "lr": 3e-4, "batch-size": 32, "crop": 64, "max-timestep": 300,
+        "num-rounds": 8, "local-epochs": 3, "lr": 3e-4, "batch-size": 32, "crop": 64, "max-timestep": 300,
         "model-config": {},
     },
 }

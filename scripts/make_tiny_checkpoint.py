@@ -1,0 +1,50 @@
+"""Write an UNTRAINED, tiny checkpoint folder in the exact pretrained/ layout (for plumbing tests only).
+
+    python scripts/make_tiny_checkpoint.py OUT_DIR
+Predictions from it are meaningless; it exists so code paths can be exercised fast without the real weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from medfedpure.hub import save_weights, write_manifest
+from medfedpure.models.classifier import MixtureOfExpertsClassifier
+from medfedpure.models.mae import MaskedAutoencoder
+from medfedpure.models.purifier import DiffusionPurifier, build_scheduler, build_unet
+
+
+def make_tiny_checkpoint(out: Path, hospitals: int = 2) -> Path:
+    torch.manual_seed(0)
+    out.mkdir(parents=True, exist_ok=True)
+    clf = MixtureOfExpertsClassifier(num_experts=2, width=8, gate_width=4)
+    state = {k: v for k, v in clf.state_dict().items() if not k.startswith("gate.") and "num_batches" not in k}
+    for h in range(hospitals):
+        for k, v in clf.gate.state_dict().items():
+            state[f"gates.{h}.{k}"] = v + 0.01 * h
+    save_weights(out / "classifier", state, {"model_type": "medfedpure-classifier", "num_classes": 2, "num_experts": 2,
+                 "width": 8, "gate_width": 4, "mode": "moe", "class_names": ["no_tumour", "tumour"],
+                 "image_size": 128, "hospitals": list(range(hospitals)), "training": {"note": "untrained test model"}})
+    mae_cfg = dict(image_size=128, patch_size=16, embed_dim=32, depth=1, heads=2, decoder_dim=32, decoder_depth=1,
+                   decoder_heads=2, mask_ratio=0.75)
+    mae = MaskedAutoencoder(**mae_cfg)
+    cal = {str(h): {"threshold": 0.2, "scale": 0.05, "val-n": 10, "quantiles": [0.1 + 0.005 * i for i in range(21)]}
+           for h in range(hospitals)}
+    save_weights(out / "detector", mae.state_dict(), {"model_type": "medfedpure-mae-detector", **mae_cfg,
+                 "score": "mean_abs_error", "score_repeats": 1, "score_seed": 0, "target_fpr": 0.05,
+                 "calibration": cal, "training": {"note": "untrained test model"}})
+    pur = DiffusionPurifier(build_unet(block_out_channels=(8, 8, 16, 16), norm_num_groups=4))
+    pur.unet.save_pretrained(out / "purifier", safe_serialization=True)
+    build_scheduler().save_pretrained(out / "purifier")
+    (out / "purifier" / "purification.json").write_text(json.dumps({"t_min": 40, "t_max": 160, "ddim_steps": 2}))
+    (out / "README.md").write_text("# Untrained tiny MedFedPure checkpoint (tests only)\n")
+    write_manifest(out)
+    return out
+
+
+if __name__ == "__main__":
+    print(make_tiny_checkpoint(Path(sys.argv[1])))
