@@ -45,7 +45,7 @@ from medfedpure.config import (
 __all__ = [
     "SPLIT_COLUMNS", "SPLITS", "NEAR_THRESHOLD", "CROP_THRESHOLD", "DEFAULT_TEST_FRACTION",
     "DEFAULT_VAL_FRACTION", "DEFAULT_MIN_TRAIN", "DEFAULT_MIN_VAL",
-    "DataError", "ScanRecord", "FolderScan", "DuplicateGroups", "Partition", "SplitRow", "Cache",
+    "DataError", "ScanRecord", "FolderScan", "DuplicateGroups", "Partition", "SplitRow", "SplitResult", "Cache",
     "CheckReport", "parse_classes", "class_names_for", "list_labelled", "list_unlabelled", "read_folder",
     "find_duplicate_groups", "make_split", "hospital_shift", "apply_acquisition_shift", "split_folder",
     "write_split", "read_split", "read_split_meta", "split_sha256", "build_cache", "load_cache",

@@ -331,7 +331,8 @@ def test_cache_round_trip_and_verified_loading(synth, tmp_path):
     x, y = again.select("test")
     assert x.shape == (int((again.split == "test").sum()), 1, 64, 64) and x.dtype.is_floating_point
     assert 0 <= float(x.min()) and float(x.max()) <= 1 and y.dtype.is_signed
-    assert len(again.subset(["train", "val"], hospital=0)) == int(((again.split != "test") & (again.hospital == 0)).sum())
+    expected = int(((again.split != "test") & (again.hospital == 0)).sum())
+    assert len(again.subset(["train", "val"], hospital=0)) == expected
     assert again.hospitals == [0, 1, 2]
     test = D.load_split_scans(root, tmp_path / "s.csv", split="test", size=64)
     m = again.split == "test"

@@ -147,8 +147,9 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"label conflict: copies of one scan in different classes: {', '.join(group[:6])}"
               + (" ..." if len(group) > 6 else ""))  # fmt: skip
     if rep.unlabelled_copies:
+        more = " ..." if len(rep.unlabelled_copies) > 8 else ""
         print(f"{len(rep.unlabelled_copies)} unlabelled file(s) are copies of labelled scans (do not use them as "
-              f"unseen data): {', '.join(rep.unlabelled_copies[:8])}" + (" ..." if len(rep.unlabelled_copies) > 8 else ""))
+              f"unseen data): {', '.join(rep.unlabelled_copies[:8])}{more}")
     if rep.errors:
         print(f"{len(rep.errors)} of {rep.n_files} file(s) cannot be read", file=sys.stderr)
         return 2

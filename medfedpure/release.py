@@ -1,0 +1,55 @@
+"""Assemble a checkpoint folder (bundled `pretrained/` or a Hub repo) from a training run, with its model card.
+
+    python -m medfedpure release --runs runs --out pretrained [--results reports/results_paper.json]
+
+Weights are stored as float16 safetensors (half the bytes; the pipeline loads them into float32). All reported
+figures are measured on these float16 weights, so the conversion's cost is inside every number.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from medfedpure.hub import write_manifest
+
+PARTS = {"classifier": "classifier", "mae": "detector", "purifier": "purifier"}
+COPY_SUFFIXES = (".json", ".png")
+
+
+def _halve(src: Path, dst: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(src))
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    save_file(half, str(dst), metadata={"format": "pt"})
+
+
+def release(runs: Path, out: Path, split_csv: Path | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    for run_name, part in PARTS.items():
+        src, dst = runs / run_name, out / part
+        if not src.is_dir():
+            raise FileNotFoundError(f"{src} is missing: train it with `python -m medfedpure train {run_name}`")
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted(src.iterdir()):
+            if f.suffix == ".safetensors":
+                _halve(f, dst / f.name)
+            elif f.suffix in COPY_SUFFIXES:
+                shutil.copyfile(f, dst / f.name)
+    split_src = split_csv or runs / "classifier" / "split.csv"
+    if split_src.resolve() != (out / "split.csv").resolve():
+        shutil.copyfile(split_src, out / "split.csv")
+        meta = split_src.with_suffix(".json")
+        if meta.exists():
+            shutil.copyfile(meta, out / "split.json")
+    return out
+
+
+def finish(out: Path, results_dir: Path | None = None) -> None:
+    """Write the model card and the manifest (run again after the evaluation to fill the card's table)."""
+    from medfedpure.model_card import write_model_card
+
+    write_model_card(out, results_dir)
+    write_manifest(out)
