@@ -13,6 +13,7 @@ COMMANDS = {
     "train": "Train the federated models (classifier, detector, purifier) with Flower.",
     "analyze": "Run the MedFedPure pipeline (detect, purify, classify) on scan files.",
     "evaluate": "Evaluate clean and adversarial accuracy, detection and the defence.",
+    "release": "Assemble a checkpoint folder (Hub layout, model card) from a training run.",
     "push": "Upload a checkpoint folder to the Hugging Face Hub.",
     "pull": "Download and verify a checkpoint folder from the Hugging Face Hub.",
 }
@@ -23,7 +24,10 @@ def _load(name: str):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m medfedpure", description=__doc__.split(":", 1)[1].strip())
+    parser = argparse.ArgumentParser(
+        prog="python -m medfedpure",
+        description="MedFedPure: federated brain-tumour MRI classification defended by MAE detection and "
+                    "adaptive diffusion purification. Research use only, not a medical device.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         if name != only:  # only the chosen command's module is imported

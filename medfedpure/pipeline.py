@@ -264,8 +264,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
 # --------------------------------------------------------------------------------------- loaders
 def load_classifier(folder: Path):
     state, config = load_weights(folder)
-    model = MixtureOfExpertsClassifier(num_classes=config["num_classes"], num_experts=config["num_experts"],
-                                       width=config["width"], gate_width=config["gate_width"])
+    arch = ("num_classes", "num_experts", "width", "gate_width", "expert_type", "norm")
+    model = MixtureOfExpertsClassifier(**{k: config[k] for k in arch if k in config})
     shared = {k: v for k, v in state.items() if not k.startswith("gates.")}
     missing, unexpected = model.load_state_dict(shared, strict=False)
     missing = [k for k in missing if not k.startswith("gate.") and not k.endswith("num_batches_tracked")]

@@ -26,8 +26,8 @@ def make_tiny_checkpoint(out: Path, hospitals: int = 2) -> Path:
     for h in range(hospitals):
         for k, v in clf.gate.state_dict().items():
             state[f"gates.{h}.{k}"] = v + 0.01 * h
-    save_weights(out / "classifier", state, {"model_type": "medfedpure-classifier", "num_classes": 2, "num_experts": 2,
-                 "width": 8, "gate_width": 4, "mode": "moe", "class_names": ["no_tumour", "tumour"],
+    save_weights(out / "classifier", state, {"model_type": "medfedpure-classifier", **clf.config, "mode": "moe",
+                 "class_names": ["no_tumour", "tumour"],
                  "image_size": 128, "hospitals": list(range(hospitals)), "training": {"note": "untrained test model"}})
     mae_cfg = dict(image_size=128, patch_size=16, embed_dim=32, depth=1, heads=2, decoder_dim=32, decoder_depth=1,
                    decoder_heads=2, mask_ratio=0.75)

@@ -9,6 +9,7 @@ Personal state (the classifier's gate, or a whole local-only model) lives in `co
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -61,6 +62,15 @@ def _keep_personal(model, cfg: dict, context: Context) -> None:
         context.state[PERSONAL] = ArrayRecord(model.personal_state())
 
 
+def _round_lr(cfg: dict) -> float:
+    """Cosine decay of the local learning rate over the federated rounds (constant with lr-schedule=constant)."""
+    lr = float(cfg["lr"])
+    if cfg.get("lr-schedule", "cosine") != "cosine":
+        return lr
+    r, total = int(cfg.get("server-round", 1)), max(int(cfg.get("num-rounds", 1)), 1)
+    return lr * 0.5 * (1 + math.cos(math.pi * (r - 1) / total))
+
+
 def _inject_faults(cfg: dict, hospital: int, state: dict) -> dict:
     """Test hooks that simulate a broken hospital: drop out, send NaNs, or send a hugely scaled update."""
     if int(cfg.get("fault-drop-hospital", -1)) == hospital:
@@ -81,14 +91,14 @@ def train(msg: Message, context: Context) -> Message:
     kind = cfg["model"]
     if kind == "classifier":
         metrics = steps.train_classifier(model, data.train_x, data.train_y, epochs=int(cfg["local-epochs"]),
-                                         lr=float(cfg["lr"]), batch_size=int(cfg["batch-size"]), seed=seed,
+                                         lr=_round_lr(cfg), batch_size=int(cfg["batch-size"]), seed=seed,
                                          device=device)
     elif kind == "mae":
-        metrics = steps.train_mae(model, data.train_x, epochs=int(cfg["local-epochs"]), lr=float(cfg["lr"]),
+        metrics = steps.train_mae(model, data.train_x, epochs=int(cfg["local-epochs"]), lr=_round_lr(cfg),
                                   batch_size=int(cfg["batch-size"]), seed=seed, device=device)
     else:
         n_steps = max(1, round(float(cfg["local-epochs"]) * len(data.train_x) / int(cfg["batch-size"])))
-        metrics = steps.train_purifier(model, data.train_x, steps=n_steps, lr=float(cfg["lr"]),
+        metrics = steps.train_purifier(model, data.train_x, steps=n_steps, lr=_round_lr(cfg),
                                        batch_size=int(cfg["batch-size"]), crop=int(cfg.get("crop", 64)),
                                        max_timestep=int(cfg.get("max-timestep", 300)), seed=seed, device=device)
     model.cpu()

@@ -40,10 +40,26 @@ def _release(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, timeout: flo
     return replies
 
 
+def _warm_start(model, kind: str, folder: Path) -> None:
+    """Continue from an earlier run's shared weights (the hospitals' gates restart from scratch)."""
+    if kind == "purifier":
+        from diffusers import UNet2DModel
+
+        model.unet.load_state_dict(UNet2DModel.from_pretrained(folder, low_cpu_mem_usage=False).state_dict())
+        return
+    from medfedpure.hub import load_weights
+
+    state, _ = load_weights(folder)
+    model.load_state_dict({k: v.float() for k, v in state.items() if not k.startswith("gates.")}, strict=False)
+    log(INFO, "Warm start from %s", folder)
+
+
 def run_training(grid: Grid, settings: dict) -> dict:
     kind = settings["model"]
     torch.manual_seed(int(settings["seed"]))
     model = build_model(kind, settings["model-config"])
+    if settings.get("init-from"):
+        _warm_start(model, kind, Path(settings["init-from"]))
     n = int(settings["num-hospitals"])
     min_nodes = max(1, math.ceil(float(settings["min-fraction"]) * n))
     strategy = RobustFedAvg(

@@ -15,6 +15,8 @@ COMMON = {
     "client-threads": 1,
     "device": "auto",
     "shift": False,           # per-hospital acquisition shift (scanner differences)
+    "lr-schedule": "cosine",  # local learning rate decays over the rounds (or "constant")
+    "init-from": "",          # warm start: a run's <model> folder (shared weights only)
     "fault-drop-hospital": -1,
     "fault-nan-hospital": -1,
     "fault-scale-hospital": -1,
@@ -23,8 +25,9 @@ COMMON = {
 PER_MODEL = {
     "classifier": {
         "mode": "moe",        # moe (personalised) | fedavg (one global model) | local (no federation)
-        "num-rounds": 15, "local-epochs": 2, "lr": 1e-3, "batch-size": 32,
-        "model-config": {"num_classes": 2, "num_experts": 3, "width": 32, "gate_width": 16},
+        "num-rounds": 40, "local-epochs": 2, "lr": 1e-3, "batch-size": 32,
+        "model-config": {"num_classes": 2, "num_experts": 3, "width": 32, "gate_width": 16, "expert_type": "head",
+                         "norm": "group"},
     },
     "mae": {
         "num-rounds": 12, "local-epochs": 4, "lr": 1.5e-3, "batch-size": 32,

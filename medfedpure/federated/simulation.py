@@ -10,7 +10,9 @@ from medfedpure.federated import settings as run_settings
 def quiet_flower_env() -> None:
     """No telemetry, update checks or usage stats: this runs offline, on hospital machines."""
     for key, value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                       "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}.items():
+                       "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
+                       # Ray runs its workers at niceness 15, which starves training behind any other job.
+                       "RAY_worker_niceness": "0"}.items():
         os.environ.setdefault(key, value)
 
 

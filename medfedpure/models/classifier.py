@@ -1,8 +1,17 @@
-"""Personalised classifier: K ResNet-18 experts mixed by an input-dependent gate.
+"""Personalised classifier: K experts mixed by an input-dependent gate.
 
 Inputs are 1-channel scans in [0, 1]; normalisation happens inside the model so attacks work in pixel space.
 The experts are what the hospitals share (averaged by the server); the gate is the personal part that never
 leaves a hospital. With ``num_experts == 1`` the model is a plain ResNet-18 (the FedAvg / local baselines).
+
+Two expert layouts (``expert_type``):
+- ``"resnet"``: K full ResNet-18s, as in the paper (K times the compute);
+- ``"head"`` (default): one shared ResNet-18 trunk and K expert heads on its features. On the 2-core CPU this
+  trains 3.4x faster than three ResNets (285 vs 84 scans/s, width 32, batch 32), which buys the rounds that
+  federated training needs (see README, "Design choices").
+GroupNorm replaces BatchNorm: averaged BatchNorm statistics are wrong for every hospital when their label mixes
+differ (measured: a BatchNorm mixture stalled at ~70-84% validation accuracy after 9 rounds), and GroupNorm has
+no running statistics to average (Hsieh et al., 2020).
 """
 
 from __future__ import annotations
@@ -20,27 +29,27 @@ PIXEL_MEAN = 0.18
 PIXEL_STD = 0.22
 
 
-def resnet18_1ch(num_classes: int, width: int = 64) -> ResNet:
-    """ResNet-18 (torchvision's blocks and layout) with one input channel and a configurable base width."""
-    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-    if width != 64:
-        # Rebuild with a narrower trunk: same depth and topology, channels width, 2w, 4w, 8w.
-        net = _narrow_resnet18(num_classes, width)
-    net.conv1 = nn.Conv2d(1, net.conv1.out_channels, kernel_size=7, stride=2, padding=3, bias=False)
-    return net
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels // 4), channels)
 
 
-def _narrow_resnet18(num_classes: int, width: int) -> ResNet:
-    class _NarrowResNet(ResNet):
+NORMS = {"batch": nn.BatchNorm2d, "group": group_norm}
+
+
+def resnet18_1ch(num_classes: int, width: int = 64, norm: str = "group") -> ResNet:
+    """ResNet-18 (torchvision's blocks and layout): one input channel, base width `width` (w, 2w, 4w, 8w)."""
+    norm_layer = NORMS[norm]
+
+    class _ResNet18(ResNet):
         def __init__(self):
             nn.Module.__init__(self)
-            self._norm_layer = nn.BatchNorm2d
+            self._norm_layer = norm_layer
             self.inplanes = width
             self.dilation = 1
             self.groups = 1
             self.base_width = 64
             self.conv1 = nn.Conv2d(1, width, kernel_size=7, stride=2, padding=3, bias=False)
-            self.bn1 = nn.BatchNorm2d(width)
+            self.bn1 = norm_layer(width)
             self.relu = nn.ReLU(inplace=True)
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
             self.layer1 = self._make_layer(BasicBlock, width, 2)
@@ -52,11 +61,21 @@ def _narrow_resnet18(num_classes: int, width: int) -> ResNet:
             for m in self.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(m, nn.BatchNorm2d):
+                elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                     nn.init.constant_(m.weight, 1)
                     nn.init.constant_(m.bias, 0)
 
-    return _NarrowResNet()
+    return _ResNet18()
+
+
+class ExpertHead(nn.Module):
+    def __init__(self, features: int, num_classes: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, features // 2), nn.ReLU(inplace=True),
+                                 nn.Linear(features // 2, num_classes))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)
 
 
 class Gate(nn.Module):
@@ -82,14 +101,23 @@ class MixtureOfExpertsClassifier(nn.Module):
     p(y|x) = sum_k g_k(x) softmax(f_k(x))_y ; returning log p keeps cross-entropy and attacks exact.
     """
 
-    def __init__(self, num_classes: int = 2, num_experts: int = 3, width: int = 32, gate_width: int = 16):
+    def __init__(self, num_classes: int = 2, num_experts: int = 3, width: int = 32, gate_width: int = 16,
+                 expert_type: str = "head", norm: str = "group"):
         super().__init__()
-        self.config = {
-            "num_classes": num_classes, "num_experts": num_experts, "width": width, "gate_width": gate_width,
-        }
+        self.config = {"num_classes": num_classes, "num_experts": num_experts, "width": width,
+                       "gate_width": gate_width, "expert_type": expert_type, "norm": norm}
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN))
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD))
-        self.experts = nn.ModuleList(resnet18_1ch(num_classes, width) for _ in range(num_experts))
+        if expert_type == "head":
+            self.trunk = resnet18_1ch(num_classes, width, norm)
+            features = self.trunk.fc.in_features
+            self.trunk.fc = nn.Identity()
+            self.experts = nn.ModuleList(ExpertHead(features, num_classes) for _ in range(num_experts))
+        elif expert_type == "resnet":
+            self.trunk = None
+            self.experts = nn.ModuleList(resnet18_1ch(num_classes, width, norm) for _ in range(num_experts))
+        else:
+            raise ValueError(f"expert_type must be 'head' or 'resnet', not {expert_type!r}")
         self.gate = Gate(num_experts, gate_width) if num_experts > 1 else None
 
     def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +131,8 @@ class MixtureOfExpertsClassifier(nn.Module):
     def mixture(self, x: torch.Tensor, gate: Gate | None) -> torch.Tensor:
         """The mixture under a given gate: one set of shared experts serves every hospital's gate."""
         z = (x - self.pixel_mean) / self.pixel_std
-        expert_logp = torch.stack([F.log_softmax(e(z), dim=1) for e in self.experts], dim=1)  # (N, K, C)
+        h = self.trunk(z) if self.trunk is not None else z
+        expert_logp = torch.stack([F.log_softmax(e(h), dim=1) for e in self.experts], dim=1)  # (N, K, C)
         if gate is None:
             return expert_logp[:, 0]
         log_gate = torch.log(gate(z).clamp_min(1e-8)).unsqueeze(-1)  # (N, K, 1)
@@ -111,7 +140,7 @@ class MixtureOfExpertsClassifier(nn.Module):
 
     # --- what is shared and what stays home -------------------------------------------------------
     def shared_state(self) -> dict[str, torch.Tensor]:
-        """Expert weights (and BN statistics): averaged by the server."""
+        """Trunk and expert weights: averaged by the server."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(GATE_PREFIX)}
 
     def personal_state(self) -> dict[str, torch.Tensor]:

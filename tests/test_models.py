@@ -1,0 +1,113 @@
+"""The three networks and the detector maths: shapes, finiteness, gradients, calibration, monotone t*."""
+
+import numpy as np
+import pytest
+import torch
+
+from medfedpure import detector
+from medfedpure.models.classifier import HospitalClassifier, MixtureOfExpertsClassifier
+from medfedpure.models.mae import MaskedAutoencoder, complementary_keep_sets
+from medfedpure.models.purifier import DiffusionPurifier, build_unet
+
+CLASSIFIERS = [
+    dict(num_experts=3, width=8, gate_width=4, expert_type="head", norm="group"),
+    dict(num_experts=2, width=8, gate_width=4, expert_type="resnet", norm="group"),
+    dict(num_experts=1, width=8, expert_type="head", norm="batch"),
+]
+
+
+@pytest.mark.parametrize("config", CLASSIFIERS, ids=lambda c: f"{c['expert_type']}-k{c['num_experts']}")
+def test_classifier_outputs_log_probabilities_with_gradients(config):
+    torch.manual_seed(0)
+    model = MixtureOfExpertsClassifier(**config).eval()
+    x = torch.rand(3, 1, 128, 128, requires_grad=True)
+    logp = model(x)
+    assert logp.shape == (3, 2)
+    assert torch.allclose(logp.exp().sum(1), torch.ones(3), atol=1e-5)
+    logp[:, 1].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_gate_is_personal_and_experts_are_shared():
+    model = MixtureOfExpertsClassifier(num_experts=3, width=8, gate_width=4)
+    shared, personal = model.shared_state(), model.personal_state()
+    assert personal and all(k.startswith("gate.") for k in personal)
+    assert not any(k.startswith("gate.") for k in shared)
+    assert set(shared) | set(personal) == set(model.state_dict())
+
+
+def test_hospital_classifier_uses_its_own_gate():
+    torch.manual_seed(0)
+    base = MixtureOfExpertsClassifier(num_experts=3, width=8, gate_width=4).eval()
+    other = MixtureOfExpertsClassifier(num_experts=3, width=8, gate_width=4).gate
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        same = HospitalClassifier(base, base.gate)(x)
+        different = HospitalClassifier(base, other)(x)
+    assert torch.allclose(same, base(x))
+    assert not torch.allclose(same, different)
+
+
+def test_mae_patchify_roundtrip_and_masked_loss():
+    mae = MaskedAutoencoder(embed_dim=32, depth=1, heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    x = torch.rand(2, 1, 128, 128)
+    assert torch.equal(mae.unpatchify(mae.patchify(x)), x)
+    keep = mae.random_keep(2, torch.Generator().manual_seed(0))
+    assert keep.shape == (2, 16)
+    loss = mae.masked_loss(x, keep)
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_complementary_masks_hide_every_patch_equally():
+    sets = complementary_keep_sets(64, 0.75, repeats=2, seed=3)
+    assert sets.shape == (8, 16)
+    visible = torch.zeros(64)
+    for s in sets:
+        visible[s] += 1
+    assert torch.all(visible == 2)  # visible in exactly one mask of each group of four -> hidden in six of eight
+    assert torch.equal(sets, complementary_keep_sets(64, 0.75, repeats=2, seed=3))  # seeded
+
+
+def test_error_map_covers_every_pixel_and_score_is_differentiable():
+    torch.manual_seed(0)
+    mae = MaskedAutoencoder(embed_dim=32, depth=1, heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2).eval()
+    keep = detector.keep_sets_for(mae, repeats=1, seed=0)
+    x = torch.rand(2, 1, 128, 128, requires_grad=True)
+    recon, err = detector.reconstruct(mae, x, keep)
+    assert recon.shape == err.shape == x.shape
+    assert (err > 0).float().mean() > 0.99  # no pixel left unscored
+    score = detector.anomaly_score(err)
+    score.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_threshold_calibration_meets_target_false_positive_rate():
+    rng = np.random.default_rng(0)
+    for n in (8, 47, 200):
+        scores = rng.normal(size=n)
+        thr = detector.calibrate_threshold(scores, 0.05)
+        assert np.mean(scores > thr) <= 0.05
+        assert np.mean(scores >= thr) > 0.0  # the threshold is one of the scores, not +inf
+    with pytest.raises(ValueError):
+        detector.calibrate_threshold(np.array([]))
+
+
+def test_adaptive_t_star_is_monotone_and_bounded():
+    scores = torch.linspace(0.0, 1.0, 101)
+    t = detector.adaptive_t_star(scores, threshold=0.3, scale=0.2, t_min=40, t_max=160)
+    assert torch.all(t[1:] >= t[:-1])
+    assert t.min() == 40 and t.max() == 160
+    assert t[scores <= 0.3].max() == 40 and t[scores >= 0.5].min() == 160
+
+
+def test_purifier_is_identity_at_t0_and_differentiable():
+    torch.manual_seed(0)
+    pur = DiffusionPurifier(build_unet(block_out_channels=(8, 8, 16, 16), norm_num_groups=4)).eval()
+    x = torch.rand(2, 1, 128, 128, requires_grad=True)
+    out = pur.purify(x, torch.tensor([0, 60]), steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[0], x[0].detach())
+    assert out.min() >= 0 and out.max() <= 1 and not torch.allclose(out[1], x[1])
+    out[1].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad[1].abs().sum() > 0
+    again = pur.purify(x.detach(), torch.tensor([0, 60]), steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(again, out.detach())  # seeded

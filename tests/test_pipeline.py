@@ -1,0 +1,107 @@
+"""The MedFedPure pipeline and the `analyze` command, on the bundled checkpoints (or, before they exist, on an
+untrained tiny checkpoint in the same layout: then only the plumbing is checked, not the predictions)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medfedpure.cli import main
+from medfedpure.hub import BUNDLED_DIR
+from medfedpure.io import read_scan
+from medfedpure.pipeline import MedFedPure
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "assets" / "examples"
+REAL = (BUNDLED_DIR / "classifier" / "model.safetensors").exists()
+# Example scans that are in the committed test split (never seen in training), with their labels.
+HELD_OUT = {"y1349.jpg": "tumour", "y1493.jpg": "tumour", "no411.jpg": "no_tumour", "no427.jpg": "no_tumour"}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    if REAL:
+        return BUNDLED_DIR
+    spec = importlib.util.spec_from_file_location("make_tiny", ROOT / "scripts" / "make_tiny_checkpoint.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def pipe(model_dir):
+    return MedFedPure.from_pretrained(str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def scans():
+    return [read_scan(EXAMPLES / name) for name in sorted(HELD_OUT)]
+
+
+def test_result_holds_every_stage_consistently(pipe, scans):
+    h = pipe.hospitals[0]
+    result = pipe.analyze(scans, hospital=h)
+    assert len(result) == len(scans) and result.device == "cpu"
+    for r in result:
+        assert r.input.shape == r.reconstruction.shape == r.error_map.shape == (128, 128)
+        assert r.flagged == (r.score > r.threshold)
+        assert r.threshold == pipe.threshold(h)
+        assert (r.t_star > 0) == r.flagged and (r.purified is None) == (not r.flagged)
+        assert abs(sum(r.probabilities) - 1) < 1e-4 and abs(sum(r.final_probabilities) - 1) < 1e-4
+        assert r.final_prediction == pipe.class_names[int(np.argmax(r.final_probabilities))]
+        assert {"classify", "detect", "total"} <= set(r.timings_ms)
+        json.dumps(r.summary())  # JSON-ready
+
+
+def test_purify_always_and_never(pipe, scans):
+    h = pipe.hospitals[-1]
+    always = pipe.analyze(scans, hospital=h, purify="always", seed=1)
+    assert all(r.purified is not None and pipe.t_min <= r.t_star <= pipe.t_max for r in always)
+    again = pipe.analyze(scans, hospital=h, purify="always", seed=1)
+    assert all(np.array_equal(a.purified, b.purified) for a, b in zip(always, again))  # seeded
+    never = pipe.analyze(scans, hospital=h, purify="never")
+    assert all(r.purified is None and r.final_probabilities == r.probabilities for r in never)
+
+
+def test_hospitals_have_their_own_models_and_thresholds(pipe, scans):
+    assert len(pipe.hospitals) >= 2
+    a, b = pipe.hospitals[:2]
+    x = torch.from_numpy(np.stack([s.image for s in scans]))[:, None]
+    with torch.no_grad():
+        assert not torch.allclose(pipe.classifier_for(a)(x), pipe.classifier_for(b)(x))
+
+
+def test_bad_requests_are_clear_errors(pipe, scans):
+    with pytest.raises(ValueError, match="unknown hospital"):
+        pipe.analyze(scans, hospital=999)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pipe.analyze(torch.full((1, 1, 128, 128), 2.0), hospital=pipe.hospitals[0])
+    with pytest.raises(ValueError, match="purify"):
+        pipe.analyze(scans, hospital=pipe.hospitals[0], purify="sometimes")
+
+
+@pytest.mark.skipif(not REAL, reason="needs the trained checkpoints in pretrained/")
+def test_trained_models_classify_held_out_examples(pipe, scans):
+    for h in pipe.hospitals:
+        result = pipe.analyze(scans, hospital=h)
+        for scan, r in zip(sorted(HELD_OUT), result):
+            assert r.final_prediction == HELD_OUT[scan], (h, scan, r.summary())
+
+
+def test_analyze_cli_json_and_exit_codes(model_dir, tmp_path, capsys):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    files = [str(EXAMPLES / "no411.jpg"), str(bad), str(EXAMPLES / "y1493.jpg")]
+    code = main(["analyze", *files, "--model", str(model_dir), "--json", "--device", "cpu"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 2 and [r["ok"] for r in rows] == [True, False, True]
+    assert "notes.png" in rows[1]["error"] and "Traceback" not in rows[1]["error"]
+    for r in (rows[0], rows[2]):
+        for key in ("prediction", "probabilities", "detector_score", "threshold", "flagged", "t_star",
+                    "purified_prediction", "final_prediction", "latency_ms"):
+            assert key in r
+        assert r["flagged"] == (r["detector_score"] > r["threshold"])
+    assert main(["analyze", files[0], "--model", str(model_dir), "--json", "--device", "cpu"]) == 0
