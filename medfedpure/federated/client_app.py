@@ -32,7 +32,11 @@ def _settings(msg: Message) -> dict:
 
 def _hospital(context: Context) -> int:
     node = context.node_config
-    return int(node.get("hospital", node.get("partition-id", 0)))
+    if "hospital" in node:
+        return int(node["hospital"])
+    if "partition-id" in node:  # simulation engine: one virtual node per hospital
+        return int(node["partition-id"])
+    raise ValueError('this SuperNode has no hospital id: start it with --node-config "hospital=N data-path=..."')
 
 
 def _data_path(context: Context, cfg: dict) -> str:
@@ -118,7 +122,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if kind == "classifier":
         val = steps.evaluate_classifier(model, data.val_x, data.val_y, device=device)
         out.update({"val-accuracy": val["accuracy"], "val-loss": val["loss"]})
-        if cfg.get("eval-test"):
+        if cfg.get("eval-test") and data.test_x is not None and len(data.test_x):
             test = steps.evaluate_classifier(model, data.test_x, data.test_y, device=device)
             out.update({"test-accuracy": test["accuracy"], "test-n": test["num-examples"]})
     elif kind == "mae":

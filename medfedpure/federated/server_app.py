@@ -97,4 +97,12 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = dict(context.run_config)
     kind = str(cfg.pop("model", "classifier"))
+    if kind != "classifier":
+        # pyproject's run config lists the classifier's defaults; they are not overrides for the other models.
+        clf = run_settings.PER_MODEL["classifier"]
+        cfg = {k: v for k, v in cfg.items() if k not in clf or _as_value(k, v) != clf[k]}
     run_training(grid, run_settings.resolve(kind, cfg))
+
+
+def _as_value(key: str, value):
+    return json.loads(value) if key == "model-config" and isinstance(value, str) else value
