@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from medfedpure.models.mae import MaskedAutoencoder, complementary_keep_sets
 
 
-def keep_sets_for(mae: MaskedAutoencoder, repeats: int, seed: int, device=None) -> torch.Tensor:
-    return complementary_keep_sets(mae.num_patches, mae.mask_ratio, repeats, seed).to(device)
+def keep_sets_for(mae: MaskedAutoencoder, repeats: int, seed: int, device=None,
+                  mask_ratio: float | None = None) -> torch.Tensor:
+    """Scoring masks; `mask_ratio` defaults to the training ratio (0.75)."""
+    ratio = mae.mask_ratio if mask_ratio is None else mask_ratio
+    return complementary_keep_sets(mae.num_patches, ratio, repeats, seed).to(device)
 
 
 def reconstruct(mae: MaskedAutoencoder, x: torch.Tensor, keep_sets: torch.Tensor):
@@ -32,14 +36,39 @@ def reconstruct(mae: MaskedAutoencoder, x: torch.Tensor, keep_sets: torch.Tensor
     return mae.unpatchify(recon_patches).clamp(0, 1), mae.unpatchify(err_patches)
 
 
-def anomaly_score(error_map: torch.Tensor) -> torch.Tensor:
-    """Mean absolute reconstruction error per scan, (N,).
+def highpass(image: torch.Tensor) -> torch.Tensor:
+    """Image minus its 3x3 local mean: keeps pixel-level detail, removes the smooth content."""
+    return image - F.avg_pool2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
 
-    L1 rather than squared error: an L-inf attack spreads a small, dense perturbation over the whole scan,
-    including the black background, and L1 weighs that against the few large errors at tissue edges that
-    even clean scans have (measured on validation scans; see reports/).
-    """
-    return error_map.flatten(1).mean(1)
+
+# Per-pixel anomaly maps; a scan's score is the mean of its map, so the map shown is exactly what is scored.
+#   mean_abs_error:        |MAE reconstruction - scan| on hidden patches (the paper's reconstruction error)
+#   highpass_abs_residual: |high-pass(reconstruction - scan)|: the pixel-level part of the residual, which the
+#                          MAE (trained on clean scans) cannot reproduce; an L-inf attack's dense perturbation
+#                          lives there, while the coarse reconstruction error of clean anatomy is filtered out.
+STATISTICS = ("mean_abs_error", "highpass_abs_residual")
+
+
+def anomaly_map(x: torch.Tensor, recon: torch.Tensor, error_map: torch.Tensor,
+                statistic: str = "mean_abs_error") -> torch.Tensor:
+    if statistic == "mean_abs_error":
+        return error_map
+    if statistic == "highpass_abs_residual":
+        return highpass(recon - x).abs()
+    raise ValueError(f"unknown detector statistic {statistic!r}; choose from {STATISTICS}")
+
+
+def anomaly_score(score_map: torch.Tensor) -> torch.Tensor:
+    """Mean of the anomaly map per scan, (N,)."""
+    return score_map.flatten(1).mean(1)
+
+
+def score_scans(mae: MaskedAutoencoder, x: torch.Tensor, keep_sets: torch.Tensor,
+                statistic: str = "mean_abs_error"):
+    """(reconstruction, anomaly map, score) for x (N, 1, H, W) in [0, 1]; differentiable."""
+    recon, err = reconstruct(mae, x, keep_sets)
+    amap = anomaly_map(x, recon, err, statistic)
+    return recon, amap, anomaly_score(amap)
 
 
 def calibrate_threshold(clean_scores: np.ndarray, target_fpr: float = 0.05) -> float:

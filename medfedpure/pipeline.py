@@ -86,8 +86,7 @@ class DefendedClassifier(nn.Module):
         self.generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, err = detector.reconstruct(self.pipe.mae, x, self.pipe.keep_sets)
-        score = detector.anomaly_score(err)
+        _, _, score = self.pipe.detect(x)
         t_star = self.pipe.t_star(score.detach(), self.hospital, self.purify_mode)
         x = self.pipe.purifier.purify(x, t_star, steps=self.pipe.ddim_steps, generator=self.generator)
         return self.pipe.classifier_for(self.hospital)(x)
@@ -105,8 +104,10 @@ class MedFedPure:
         self.mae = mae.to(self.device).eval()
         self.detector_config = detector_config
         self.calibration = {int(h): c for h, c in detector_config["calibration"].items()}
+        self.statistic = detector_config.get("score", "mean_abs_error")
         self.keep_sets = detector.keep_sets_for(mae, int(detector_config["score_repeats"]),
-                                                int(detector_config["score_seed"]), self.device)
+                                                int(detector_config["score_seed"]), self.device,
+                                                mask_ratio=detector_config.get("score_mask_ratio"))
         self.purifier = purifier.to(self.device).eval()
         self.t_min, self.t_max = int(purification["t_min"]), int(purification["t_max"])
         self.ddim_steps = int(purification["ddim_steps"])
@@ -160,9 +161,8 @@ class MedFedPure:
 
     # ----------------------------------------------------------------------------------- stages
     def detect(self, x: torch.Tensor):
-        """(reconstruction, error map, score) for a batch (N, 1, H, W) in [0, 1]."""
-        recon, err = detector.reconstruct(self.mae, x, self.keep_sets)
-        return recon, err, detector.anomaly_score(err)
+        """(reconstruction, anomaly map, score) for a batch (N, 1, H, W) in [0, 1]; differentiable."""
+        return detector.score_scans(self.mae, x, self.keep_sets, self.statistic)
 
     def t_star(self, score: torch.Tensor, hospital: int, purify: str = "flagged") -> torch.Tensor:
         """Diffusion depth per scan: 0 (no purification) under the threshold unless purify == "always"."""

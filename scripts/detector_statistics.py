@@ -34,16 +34,20 @@ def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
     return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def statistics(mae, x, keep):
-    recon, err = detector.reconstruct(mae, x, keep)
-    resid = recon - x
-    hp = resid - F.avg_pool2d(F.pad(resid, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return {
-        "mean_abs_error": err.flatten(1).mean(1),
-        "mean_sq_error": (err ** 2).flatten(1).mean(1),
-        "highpass_abs_residual": hp.abs().flatten(1).mean(1),
-        "p99_abs_error": err.flatten(1).quantile(0.99, dim=1),
-    }
+MASK_RATIOS = (0.75, 0.25)
+
+
+def statistics(mae, x, keeps):
+    out = {}
+    for ratio, keep in keeps.items():
+        recon, err = detector.reconstruct(mae, x, keep)
+        resid = recon - x
+        hp = resid - F.avg_pool2d(F.pad(resid, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        out[f"mask {ratio}: mean_abs_error"] = err.flatten(1).mean(1)
+        out[f"mask {ratio}: mean_sq_error"] = (err ** 2).flatten(1).mean(1)
+        out[f"mask {ratio}: highpass_abs_residual"] = hp.abs().flatten(1).mean(1)
+        out[f"mask {ratio}: p99_abs_error"] = err.flatten(1).quantile(0.99, dim=1)
+    return out
 
 
 def main() -> None:
@@ -62,7 +66,7 @@ def main() -> None:
     clf, gates, _ = load_classifier(runs / "classifier")
     mae, cfg = load_mae(runs / "mae")
     clf.eval(), mae.eval()
-    keep = detector.keep_sets_for(mae, cfg.get("score_repeats", 2), 0)
+    keep = {r: detector.keep_sets_for(mae, 1 if r < 0.5 else 2, 0, mask_ratio=r) for r in MASK_RATIOS}
     cache = load_cache(args.cache)
     from medfedpure.models.classifier import HospitalClassifier
 

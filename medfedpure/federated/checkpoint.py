@@ -50,7 +50,9 @@ def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: l
             record = reply.content.metric_records.get("calibration")
             if record is not None:
                 calibration[str(_hospital_of(reply))] = {k: record[k] for k in record.keys()}
-        config = {"model_type": "medfedpure-mae-detector", **settings["model-config"], "score": "mean_abs_error",
+        ratio = settings.get("score-mask-ratio") or settings["model-config"].get("mask_ratio", 0.75)
+        config = {"model_type": "medfedpure-mae-detector", **settings["model-config"],
+                  "score": str(settings.get("score", "mean_abs_error")), "score_mask_ratio": float(ratio),
                   "score_repeats": int(settings["score-repeats"]), "score_seed": int(settings["seed"]),
                   "target_fpr": float(settings["target-fpr"]),
                   "calibration": dict(sorted(calibration.items(), key=lambda kv: int(kv[0]))),

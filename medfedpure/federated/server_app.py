@@ -73,10 +73,14 @@ def run_training(grid: Grid, settings: dict) -> dict:
                             num_rounds=int(settings["num-rounds"]), timeout=float(settings["round-timeout"]),
                             train_config=config, evaluate_config=config)
     train_seconds = time.time() - started
-    if not any(r["phase"] == "train" for r in strategy.records):
+    if int(settings["num-rounds"]) == 0:
+        # Calibration-only run (with init-from): no training, the hospitals only answer the release step.
+        final = ArrayRecord(shared_state(model))
+    elif not any(r["phase"] == "train" for r in strategy.records):
         raise RuntimeError("no hospital completed a training round; nothing to save (see the Flower log)")
-    final = result.arrays
-    model.load_state_dict(final.to_torch_state_dict(), strict=False)
+    else:
+        final = result.arrays
+        model.load_state_dict(final.to_torch_state_dict(), strict=False)
     replies = _release(grid, final, config, float(settings["round-timeout"]))
 
     out_dir = Path(settings["out-dir"]) / kind

@@ -75,18 +75,20 @@ def hospital_data(path: str, hospital: int, cfg: dict, with_test: bool = False) 
 
 @torch.no_grad()
 def detector_scores(mae: MaskedAutoencoder, images: torch.Tensor, repeats: int, seed: int,
-                    device: torch.device | str = "cpu", batch_size: int = 32) -> np.ndarray:
+                    device: torch.device | str = "cpu", batch_size: int = 32, statistic: str = "mean_abs_error",
+                    mask_ratio: float | None = None) -> np.ndarray:
     mae.to(device).eval()
-    keep = detector.keep_sets_for(mae, repeats, seed, device)
+    keep = detector.keep_sets_for(mae, repeats, seed, device, mask_ratio=mask_ratio)
     out = []
     for i in range(0, len(images), batch_size):
-        _, err = detector.reconstruct(mae, images[i:i + batch_size].to(device), keep)
-        out.append(detector.anomaly_score(err).cpu())
+        out.append(detector.score_scans(mae, images[i:i + batch_size].to(device), keep, statistic)[2].cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 def calibrate_hospital(mae: MaskedAutoencoder, val_x: torch.Tensor, cfg: dict, device) -> dict:
-    scores = detector_scores(mae, val_x, int(cfg.get("score-repeats", 2)), int(cfg.get("seed", 0)), device)
+    ratio = float(cfg["score-mask-ratio"]) if cfg.get("score-mask-ratio") else None
+    scores = detector_scores(mae, val_x, int(cfg.get("score-repeats", 2)), int(cfg.get("seed", 0)), device,
+                             statistic=str(cfg.get("score", "mean_abs_error")), mask_ratio=ratio)
     fpr = float(cfg.get("target-fpr", 0.05))
     threshold = detector.calibrate_threshold(scores, fpr)
     median = float(np.median(scores))

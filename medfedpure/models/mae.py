@@ -107,18 +107,24 @@ class MaskedAutoencoder(nn.Module):
 
 
 def complementary_keep_sets(num_patches: int, mask_ratio: float, repeats: int, seed: int) -> torch.Tensor:
-    """Masks for scoring: each repeat is a seeded permutation cut into 1/(1-ratio) disjoint visible sets.
+    """Masks for scoring that hide every patch equally often. Returns (M, L_keep) visible-patch indices.
 
-    With ratio 0.75 every patch is hidden in exactly 3 of each 4 masks, so the averaged error map covers every
-    pixel equally (random masks would leave some patches never hidden). Returns (M, L_keep) indices.
+    Each repeat cuts a seeded permutation of the patches into G disjoint groups. With mask_ratio >= 0.5 each mask
+    keeps one group visible (G = 1 / (1 - ratio); 0.75 -> 4 masks, each patch hidden in 3), otherwise each mask
+    hides one group (G = 1 / ratio; 0.25 -> 4 masks, each patch hidden in 1). Random masks would leave some
+    patches never hidden, and those pixels without a score.
     """
-    keep = int(round(num_patches * (1 - mask_ratio)))
-    groups = num_patches // keep
+    keep_one = mask_ratio >= 0.5
+    groups = round(1 / (1 - mask_ratio)) if keep_one else round(1 / mask_ratio)
+    size = num_patches // groups
     gen = torch.Generator().manual_seed(seed)
     sets = []
     for _ in range(repeats):
         perm = torch.randperm(num_patches, generator=gen)
-        sets += [perm[i * keep:(i + 1) * keep].sort().values for i in range(groups)]
+        for i in range(groups):
+            group = perm[i * size:(i + 1) * size]
+            rest = torch.cat([perm[:i * size], perm[(i + 1) * size:]])
+            sets.append((group if keep_one else rest).sort().values)
     return torch.stack(sets)
 
 

@@ -1,0 +1,144 @@
+"""`python -m medfedpure evaluate --data DIR --out DIR`: clean / adversarial accuracy, detection, the defence."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ALL_ATTACKS = ("fgsm", "pgd", "pgdl2", "cw", "adaptive")  # what --attack all runs (eotpgd only by name)
+
+
+class _Defaults(argparse.HelpFormatter):
+    """Append '(default: X)' where there is a default and the help text does not already name one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=(
+        help_text + " The paper's protocol by default: PGD L-inf eps=0.015, step 0.003, 7 steps, on each hospital's "
+        "classifier; the same adversarial scans go to the undefended classifier and to the defence. Writes "
+        "results.json and RESULTS.md to --out."), formatter_class=_Defaults)
+    p.add_argument("--data", required=True, help="scan folder (Br35H layout: no/, yes/)")
+    p.add_argument("--out", required=True, help="output folder for results.json and RESULTS.md")
+    p.add_argument("--split", choices=["test", "val", "all"], default="test",
+                   help="test: the global test split, every hospital's model on every scan; val: each hospital on "
+                        "its own val scans; all: every labelled scan in --data (an external data set)")
+    p.add_argument("--split-csv", default=None, help="split CSV (default: split.csv beside the model)")
+    p.add_argument("--hospital", default="all", help="hospital id(s), comma-separated, or all")
+    p.add_argument("--attack", default="pgd",
+                   help="none, fgsm, pgd, pgdl2, cw, eotpgd, adaptive, a comma-separated list, or all "
+                        f"(= {','.join(ALL_ATTACKS)})")
+    p.add_argument("--eps", default="0.015", help="L-inf budget(s), comma-separated; fractions allowed (8/255)")
+    p.add_argument("--step", default="eps/5", help="PGD step: absolute (0.003, 2/255) or relative (eps/4)")
+    p.add_argument("--steps", type=int, default=7, help="PGD iterations")
+    p.add_argument("--eps-l2", default="1.0", help="L2 budget of pgdl2")
+    p.add_argument("--cw-c", type=float, default=1.0, help="CW trade-off constant c")
+    p.add_argument("--cw-steps", type=int, default=50, help="CW Adam steps")
+    p.add_argument("--eot", type=int, default=4, help="adaptive/eotpgd: purifier noise draws per step")
+    p.add_argument("--lam", type=float, default=1.0, help="adaptive: weight of the detector-evasion term")
+    p.add_argument("--margin", type=float, default=0.95, help="adaptive: push the score under margin x threshold")
+    p.add_argument("--gradient", choices=["full", "bpda"], default="full",
+                   help="adaptive: back-propagate through the purifier, or BPDA (identity gradient)")
+    p.add_argument("--through", choices=["always", "flagged"], default="always",
+                   help="adaptive: purification mode the attack differentiates through")
+    p.add_argument("--transfer-from", default=None, metavar="SOURCE",
+                   help="craft the attacks on this classifier (folder with config.json + model.safetensors, e.g. "
+                        "runs/fedavg/classifier) and evaluate them on ours (black-box transfer)")
+    p.add_argument("--classifier", default=None, metavar="SOURCE",
+                   help="replace the model's classifier by this one (e.g. runs/fedavg/classifier: FedAvg ablation)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="seeded class-stratified subset of at most N scans (per hospital for --split val)")
+    p.add_argument("--pairs", choices=["all", "round-robin"], default="all",
+                   help="all: every scan with every hospital's model; round-robin: each scan with one hospital")
+    p.add_argument("--repeats", type=int, default=1, help="purifier seeds per defended figure (mean and std)")
+    p.add_argument("--seed", type=int, default=0, help="attack, subset and first purifier seed")
+    p.add_argument("--purify", choices=["flagged", "always", "never"], default="flagged")
+    p.add_argument("--ablations", action="store_true",
+                   help="also purify every scan, and use a fixed t* = t_max (detect-and-reject is always reported)")
+    p.add_argument("--model", default=None, help="checkpoint folder or Hub repo id (default: bundled pretrained/)")
+    p.add_argument("--revision", default=None, help="Hub revision (commit hash to pin)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--adaptive-batch-size", type=int, default=8)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(run=run)
+    return p
+
+
+def _hospitals(text: str, available: list[int]) -> list[int]:
+    if text.strip().lower() == "all":
+        return list(available)
+    chosen = [int(t) for t in text.split(",") if t.strip()]
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        raise ValueError(f"unknown hospital(s) {unknown}; this checkpoint has {available}")
+    return chosen
+
+
+def _attacks(text: str) -> list[str]:
+    names = []
+    for t in (t.strip().lower() for t in text.split(",")):
+        if not t:
+            continue
+        names += list(ALL_ATTACKS) if t == "all" else [t]
+    return list(dict.fromkeys(names)) or ["none"]
+
+
+def run(args) -> int:
+    import torch
+
+    from medfedpure.data import DataError
+    from medfedpure.evaluation import EvalSettings, evaluate, load_scans, parse_number, with_classifier, write_results
+    from medfedpure.hub import ChecksumError, ModelSourceError
+    from medfedpure.pipeline import MedFedPure
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        settings = EvalSettings(
+            attacks=_attacks(args.attack), eps=[parse_number(e) for e in args.eps.split(",") if e.strip()],
+            step=args.step, steps=args.steps, repeats=args.repeats, seed=args.seed, purify=args.purify,
+            pairs=args.pairs, ablations=args.ablations, transfer_from=args.transfer_from,
+            batch_size=args.batch_size, adaptive_batch_size=args.adaptive_batch_size,
+            eps_l2=parse_number(args.eps_l2), cw_c=args.cw_c, cw_steps=args.cw_steps, eot=args.eot, lam=args.lam,
+            margin=args.margin, gradient=args.gradient, through=args.through, progress=not args.quiet)
+        settings.validate()
+        pipe = MedFedPure.from_pretrained(args.model, revision=args.revision, device=args.device)
+        if args.classifier:
+            pipe = with_classifier(pipe, args.classifier)
+        hospitals = _hospitals(args.hospital, pipe.hospitals)
+        split_csv = Path(args.split_csv) if args.split_csv else Path(pipe.source.path) / "split.csv"
+        scans = load_scans(args.data, args.split, split_csv if args.split != "all" else None, hospitals,
+                           args.limit, args.seed)
+    except (ValueError, DataError, ModelSourceError, ChecksumError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"evaluating {len(scans)} scans x hospitals {hospitals} ({args.split} split), attacks "
+              f"{settings.attacks}, eps {settings.eps}, {settings.repeats} purifier seed(s) on {pipe.device}",
+              file=sys.stderr, flush=True)
+    results = evaluate(pipe, scans, settings, hospitals)
+    path = write_results(results, args.out)
+    print(_summary(results))
+    print(f"wrote {path} and {path.with_name('RESULTS.md')}")
+    return 0
+
+
+def _summary(results: dict) -> str:
+    from medfedpure.report import num, pct
+
+    lines = [f"n={results['n']} scans, {results['n_pairs']} pairs; clean accuracy {pct(results['clean_accuracy'])}, "
+             f"with the defence {pct(results['clean_accuracy_defended'])}; false-positive rate "
+             f"{pct(results['false_positive_rate'])}"]
+    for a in results["attacks"]:
+        lines.append(f"{a['label']} ({a['target']}): robust accuracy {pct(a['robust_accuracy_undefended'])} "
+                     f"undefended -> {pct(a['robust_accuracy_defended'])} defended; detection AUROC "
+                     f"{num(a['detection_auroc'])}, TPR {pct(a['true_positive_rate'])}")
+    return "\n".join(lines)

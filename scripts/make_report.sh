@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Regenerate the evaluation report: every evaluation run, then REPORT.md + figures.
+#
+#   scripts/make_report.sh [OUT_DIR]            (default OUT_DIR: reports)
+#
+# Runs `python -m medfedpure evaluate` into OUT_DIR/runs/<name>/ (results.json + RESULTS.md each), then
+# `python -m medfedpure.report`, which writes OUT_DIR/REPORT.md and the PNGs. Settings (environment variables):
+#   MODEL            checkpoint folder or Hub repo id (default: the bundled pretrained/)
+#   DATA             Br35H folder (default: ../shared/data/br35h)
+#   REPEATS          purifier seeds per defended figure (default 3)
+#   LIMIT            subset of the test split for the main runs (default: all 600 test scans)
+#   PAPER_PAIRS      (scan, hospital) pairs of the paper-protocol run: all (default) or round-robin
+#   PAIRS            pairs of the other runs (default round-robin: each test scan with one hospital's model)
+#   SWEEP_LIMIT      scans in the eps sweep (default 200); SWEEP_EPS (default 0.002,0.004,0.008,0.015,8/255,16/255)
+#   ADAPTIVE_LIMIT   scans attacked adaptively at the paper's budget and at 8/255 (default 64)
+#   ADAPTIVE_SWEEP_LIMIT, ADAPTIVE_SWEEP_EPS, ADAPTIVE_SWEEP_EOT  adaptive eps sweep (default 32 scans;
+#                    0.004,0.008,8/255; 2 noise draws per step; the paper's budget comes from the adaptive run)
+#   EOT              purifier noise draws per adaptive step (default 4); CW_STEPS (default 50)
+#   FEDAVG           FedAvg baseline classifier (default runs/fedavg/classifier; skipped when absent)
+#   ROUND_PLOT       accuracy-per-round plot to copy (default runs/classifier/accuracy_per_round.png)
+#   DEVICE, THREADS  passed to evaluate (--device, --threads)
+#   QUICK=1          plumbing check only: 2 attack steps, 5 CW steps, 1 EOT draw (numbers meaningless)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${1:-reports}
+PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
+DATA=${DATA:-../shared/data/br35h}
+REPEATS=${REPEATS:-3}
+PAPER_PAIRS=${PAPER_PAIRS:-all}
+PAIRS=${PAIRS:-round-robin}
+SWEEP_LIMIT=${SWEEP_LIMIT:-200}
+SWEEP_EPS=${SWEEP_EPS:-0.002,0.004,0.008,0.015,8/255,16/255}
+ADAPTIVE_LIMIT=${ADAPTIVE_LIMIT:-64}
+ADAPTIVE_SWEEP_LIMIT=${ADAPTIVE_SWEEP_LIMIT:-32}
+ADAPTIVE_SWEEP_EPS=${ADAPTIVE_SWEEP_EPS:-0.004,0.008,8/255}
+ADAPTIVE_SWEEP_EOT=${ADAPTIVE_SWEEP_EOT:-2}
+EOT=${EOT:-4}
+CW_STEPS=${CW_STEPS:-50}
+FEDAVG=${FEDAVG:-runs/fedavg/classifier}
+ROUND_PLOT=${ROUND_PLOT:-runs/classifier/accuracy_per_round.png}
+
+PAPER_STEPS=7; STEPS_8=10; SWEEP_STEPS=10
+if [ "${QUICK:-0}" = 1 ]; then
+  PAPER_STEPS=2; STEPS_8=2; SWEEP_STEPS=2; CW_STEPS=5; EOT=1; ADAPTIVE_SWEEP_EOT=1
+fi
+
+common=(--data "$DATA" --repeats "$REPEATS" --seed 0)
+[ -n "${MODEL:-}" ] && common+=(--model "$MODEL")
+[ -n "${DEVICE:-}" ] && common+=(--device "$DEVICE")
+[ -n "${THREADS:-}" ] && common+=(--threads "$THREADS")
+limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
+
+start=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+mkdir -p "$OUT/runs"
+for name in paper ablations pgd-8-255 attacks sweep adaptive adaptive-sweep adaptive-bpda transfer fedavg; do
+  rm -rf "${OUT:?}/runs/$name"  # no stale run survives a regeneration
+done
+
+evaluate() {  # evaluate NAME ARGS...
+  local name=$1; shift
+  echo "== $name: evaluate $*" >&2
+  local t0; t0=$(date +%s)
+  "$PY" -m medfedpure evaluate "${common[@]}" --out "$OUT/runs/$name" "$@"
+  echo "== $name done in $(( $(date +%s) - t0 )) s" >&2
+}
+
+# 1. The paper's protocol (Table 2): PGD L-inf eps=0.015, step 0.003, 7 steps, on each hospital's classifier.
+evaluate paper --attack pgd --eps 0.015 --step 0.003 --steps "$PAPER_STEPS" --pairs "$PAPER_PAIRS" "${limit[@]}"
+# 1b. Ablations at the paper's budget (purify every scan, fixed t* = t_max, detect-and-reject).
+evaluate ablations --attack pgd --eps 0.015 --step 0.003 --steps "$PAPER_STEPS" --pairs "$PAIRS" --ablations \
+  "${limit[@]}"
+# 2. The common budget eps=8/255 (step 2/255, 10 steps), with the ablations (purify all, fixed t*, reject).
+evaluate pgd-8-255 --attack pgd --eps 8/255 --step 2/255 --steps "$STEPS_8" --pairs "$PAIRS" --ablations "${limit[@]}"
+# 3. Other attacks on the classifier: FGSM, PGD-L2 (eps 1.0), Carlini-Wagner L2.
+evaluate attacks --attack fgsm,pgdl2,cw --eps 0.015 --steps "$STEPS_8" --cw-steps "$CW_STEPS" --pairs "$PAIRS" \
+  "${limit[@]}"
+# 4. Robust accuracy vs eps (PGD on the classifier, step eps/4).
+evaluate sweep --attack pgd --eps "$SWEEP_EPS" --step eps/4 --steps "$SWEEP_STEPS" --pairs "$PAIRS" \
+  --limit "$SWEEP_LIMIT"
+# 5. Adaptive attacks through the whole defence (EOT, gradients through the purifier, detector evasion).
+evaluate adaptive --attack adaptive --eps 0.015 --step 0.003 --steps "$PAPER_STEPS" --eot "$EOT" --pairs "$PAIRS" \
+  --limit "$ADAPTIVE_LIMIT" --ablations
+evaluate adaptive-sweep --attack adaptive --eps "$ADAPTIVE_SWEEP_EPS" --step eps/4 --steps "$SWEEP_STEPS" \
+  --eot "$ADAPTIVE_SWEEP_EOT" --pairs "$PAIRS" --limit "$ADAPTIVE_SWEEP_LIMIT"
+evaluate adaptive-bpda --attack adaptive --gradient bpda --eps 8/255 --step 2/255 --steps "$STEPS_8" --eot "$EOT" \
+  --pairs "$PAIRS" --limit "$ADAPTIVE_LIMIT"
+# 6. Transfer (black-box) from the FedAvg baseline, and the FedAvg classifier inside the same defence.
+if [ -f "$FEDAVG/config.json" ]; then
+  evaluate transfer --attack pgd --eps 0.015 --step 0.003 --steps "$PAPER_STEPS" --transfer-from "$FEDAVG" \
+    --pairs "$PAIRS" "${limit[@]}"
+  evaluate fedavg --attack pgd --eps 0.015 --step 0.003 --steps "$PAPER_STEPS" --classifier "$FEDAVG" \
+    --pairs "$PAIRS" "${limit[@]}"
+else
+  echo "== no FedAvg baseline at $FEDAVG: transfer and FedAvg runs skipped" >&2
+fi
+
+wall=$(( $(date +%s) - start ))
+load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
+"$PY" -m medfedpure.report --runs "$OUT/runs" --out "$OUT" --round-plot "$ROUND_PLOT" --wall-time "$wall" \
+  --machine-note "load average $load_start at the start, $load_end at the end"
+echo "report written to $OUT/REPORT.md in $wall s" >&2
