@@ -33,7 +33,7 @@ def _fmt(value) -> str:
 def _results_table(results_dir: Path | None) -> str:
     if results_dir is None or not results_dir.is_dir():
         return "_No evaluation results yet: run `bash scripts/make_report.sh`._\n"
-    runs = sorted(results_dir.glob("*/results.json"))
+    runs = sorted(results_dir.glob("**/results.json"))
     if not runs:
         return "_No evaluation results yet: run `bash scripts/make_report.sh`._\n"
     rows = []
@@ -88,7 +88,7 @@ the Br35H data set. Reimplementation of {PAPER}; code: medfedpure {__version__}.
 - Br35H :: Brain Tumor Detection 2020 (Kaggle, Ahmed Hamada), 1500 tumour + 1500 no-tumour slices; licence not
   stated by its authors (research/educational use).
 - Split `split.csv` (sha256 `{split_hash}`): group-aware (exact and near-duplicate slices never cross splits),
-  class-stratified, seed {split.get('seed', 'n/a')}: {json.dumps({k: sum(v.values()) for k, v in counts.items()}) if counts else 'see split.json'}.
+  class-stratified, seed {split.get('seed', 'n/a')}: {', '.join(f'{k} {sum(v.values())}' for k, v in counts.items()) or 'see split.json'} scans.
 - {clf.get('training', {}).get('num-hospitals', len(clf.get('hospitals', [])))} hospitals: train and validation scans
   partitioned with label skew Dirichlet(alpha = {split.get('alpha', 'n/a')}); each hospital keeps its own validation
   scans (personalised evaluation, detector calibration). Test scans belong to no hospital.

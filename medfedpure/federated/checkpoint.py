@@ -28,6 +28,10 @@ def _training_summary(settings: dict, summary: dict) -> dict:
 def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: list[Message], summary: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     training = _training_summary(settings, summary)
+    if int(settings.get("num-rounds", 1)) == 0 and settings.get("init-from"):
+        # A calibration-only run: the weights (and how they were trained) are the init-from run's.
+        source = json.loads((Path(settings["init-from"]) / "config.json").read_text())
+        training = {**source.get("training", {}), "recalibrated_from": str(settings["init-from"])}
     if kind == "classifier":
         state = {k: v for k, v in model.state_dict().items()
                  if not k.startswith(GATE_PREFIX) and not k.endswith("num_batches_tracked")}
