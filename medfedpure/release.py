@@ -26,10 +26,11 @@ def _halve(src: Path, dst: Path) -> None:
     save_file(half, str(dst), metadata={"format": "pt"})
 
 
-def release(runs: Path, out: Path, split_csv: Path | None = None) -> Path:
+def release(runs: Path, out: Path, split_csv: Path | None = None, detector: Path | None = None) -> Path:
+    """`detector`: the MAE run to ship (default RUNS/mae), e.g. a calibration-only run over it."""
     out.mkdir(parents=True, exist_ok=True)
     for run_name, part in PARTS.items():
-        src, dst = runs / run_name, out / part
+        src, dst = (detector if run_name == "mae" and detector else runs / run_name), out / part
         if not src.is_dir():
             raise FileNotFoundError(f"{src} is missing: train it with `python -m medfedpure train {run_name}`")
         dst.mkdir(parents=True, exist_ok=True)
