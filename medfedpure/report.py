@@ -385,8 +385,37 @@ def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, r
     return "\n".join(out) + "\n"
 
 
+README_START = "<!-- results:start (written by scripts/make_report.sh; do not edit by hand) -->"
+README_END = "<!-- results:end -->"
+
+
+def headline_markdown(runs: dict) -> str:
+    """The README's results table: the paper's protocol, 8/255 and the adaptive attack, from the same runs."""
+    rows = []
+    for name in ("paper", "pgd-8-255", "adaptive", "adaptive-bpda"):
+        res = runs.get(name)
+        if res and res.get("attacks"):
+            rows.append(_row(name, res)[:11])
+    head = ["Run", "Attack", "Attacker sees", "Pairs", "Clean", "Clean, defended", "Robust, undefended",
+            "Robust, defended", "Detection AUROC", "FPR", "TPR"]
+    paper = PAPER
+    return (_table(head, rows) + f"\n\nPaper (Table 2, PGD eps 0.015): clean {pct(paper['clean_accuracy'], 2)}, "
+            f"robust {pct(paper['robust_accuracy_undefended'], 2)} without and "
+            f"{pct(paper['robust_accuracy_defended'], 2)} with the defence. Full report: "
+            "[reports/REPORT.md](reports/REPORT.md).\n")
+
+
+def update_readme(readme: Path, block: str) -> None:
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results markers ({README_START} ... {README_END})")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + README_START + "\n" + block + README_END + tail, encoding="utf-8")
+
+
 def build_report(runs_dir, out_dir, wall_time: float | None = None, round_plot=None,
-                 machine_note: str | None = None) -> Path:
+                 machine_note: str | None = None, readme: Path | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(Path(runs_dir))
@@ -402,6 +431,10 @@ def build_report(runs_dir, out_dir, wall_time: float | None = None, round_plot=N
         figures["accuracy_per_round"] = copied
     path = out / "REPORT.md"
     path.write_text(report_markdown(runs, figures, wall_time, copied, machine_note))
+    headline = headline_markdown(runs)
+    (out / "HEADLINE.md").write_text(headline)
+    if readme is not None:
+        update_readme(Path(readme), headline)
     return path
 
 
@@ -412,9 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-plot", default=None, help="accuracy-per-round PNG to copy (runs/classifier/...)")
     p.add_argument("--wall-time", type=float, default=None, help="seconds the whole report took (stated in it)")
     p.add_argument("--machine-note", default=None, help="stated beside the wall time (e.g. the load average)")
+    p.add_argument("--readme", default=None, help="README whose results block is replaced by the headline table")
     args = p.parse_args(argv)
     try:
-        path = build_report(args.runs, args.out, args.wall_time, args.round_plot, args.machine_note)
+        path = build_report(args.runs, args.out, args.wall_time, args.round_plot, args.machine_note, args.readme)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

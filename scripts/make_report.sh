@@ -7,15 +7,18 @@
 # `python -m medfedpure.report`, which writes OUT_DIR/REPORT.md and the PNGs. Settings (environment variables):
 #   MODEL            checkpoint folder or Hub repo id (default: the bundled pretrained/)
 #   DATA             Br35H folder (default: ../shared/data/br35h)
-#   REPEATS          purifier seeds per defended figure (default 3)
+#   REPEATS          purifier seeds per defended figure (default 2)
 #   LIMIT            subset of the test split for the main runs (default: all 600 test scans)
-#   PAPER_PAIRS      (scan, hospital) pairs of the paper-protocol run: all (default) or round-robin
+#   ABLATION_LIMIT   subset for the two ablation runs, which purify every scan (default 200)
+# The defaults are sized for a 2-core CPU (about 40 minutes); the README's figures come from them.
+#   PAPER_PAIRS      (scan, hospital) pairs of the paper-protocol run: round-robin (default: each test scan with
+#                    one hospital's model, in a seeded rotation) or all (every scan with every hospital: 10x)
 #   PAIRS            pairs of the other runs (default round-robin: each test scan with one hospital's model)
-#   SWEEP_LIMIT      scans in the eps sweep (default 200); SWEEP_EPS (default 0.002,0.004,0.008,0.015,8/255,16/255)
-#   ADAPTIVE_LIMIT   scans attacked adaptively at the paper's budget and at 8/255 (default 64)
-#   ADAPTIVE_SWEEP_LIMIT, ADAPTIVE_SWEEP_EPS, ADAPTIVE_SWEEP_EOT  adaptive eps sweep (default 32 scans;
+#   SWEEP_LIMIT      scans in the eps sweep (default 100); SWEEP_EPS (default 0.002,0.004,0.008,0.015,8/255,16/255)
+#   ADAPTIVE_LIMIT   scans attacked adaptively at the paper's budget and at 8/255 (default 32)
+#   ADAPTIVE_SWEEP_LIMIT, ADAPTIVE_SWEEP_EPS, ADAPTIVE_SWEEP_EOT  adaptive eps sweep (default 16 scans;
 #                    0.004,0.008,8/255; 2 noise draws per step; the paper's budget comes from the adaptive run)
-#   EOT              purifier noise draws per adaptive step (default 4); CW_STEPS (default 50)
+#   EOT              purifier noise draws per adaptive step (default 2); CW_STEPS (default 30)
 #   FEDAVG           FedAvg baseline classifier (default runs/fedavg/classifier; skipped when absent)
 #   ROUND_PLOT       accuracy-per-round plot to copy (default runs/classifier/accuracy_per_round.png)
 #   DEVICE, THREADS  passed to evaluate (--device, --threads)
@@ -26,17 +29,17 @@ cd "$(dirname "$0")/.."
 OUT=${1:-reports}
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 DATA=${DATA:-../shared/data/br35h}
-REPEATS=${REPEATS:-3}
-PAPER_PAIRS=${PAPER_PAIRS:-all}
+REPEATS=${REPEATS:-2}
+PAPER_PAIRS=${PAPER_PAIRS:-round-robin}
 PAIRS=${PAIRS:-round-robin}
-SWEEP_LIMIT=${SWEEP_LIMIT:-200}
+SWEEP_LIMIT=${SWEEP_LIMIT:-100}
 SWEEP_EPS=${SWEEP_EPS:-0.002,0.004,0.008,0.015,8/255,16/255}
-ADAPTIVE_LIMIT=${ADAPTIVE_LIMIT:-64}
-ADAPTIVE_SWEEP_LIMIT=${ADAPTIVE_SWEEP_LIMIT:-32}
+ADAPTIVE_LIMIT=${ADAPTIVE_LIMIT:-32}
+ADAPTIVE_SWEEP_LIMIT=${ADAPTIVE_SWEEP_LIMIT:-16}
 ADAPTIVE_SWEEP_EPS=${ADAPTIVE_SWEEP_EPS:-0.004,0.008,8/255}
 ADAPTIVE_SWEEP_EOT=${ADAPTIVE_SWEEP_EOT:-2}
-EOT=${EOT:-4}
-CW_STEPS=${CW_STEPS:-50}
+EOT=${EOT:-2}
+CW_STEPS=${CW_STEPS:-30}
 FEDAVG=${FEDAVG:-runs/fedavg/classifier}
 ROUND_PLOT=${ROUND_PLOT:-runs/classifier/accuracy_per_round.png}
 
@@ -50,6 +53,8 @@ common=(--data "$DATA" --repeats "$REPEATS" --seed 0)
 [ -n "${DEVICE:-}" ] && common+=(--device "$DEVICE")
 [ -n "${THREADS:-}" ] && common+=(--threads "$THREADS")
 limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
+ABLATION_LIMIT=${ABLATION_LIMIT:-200}
+ablation_limit=(--limit "$ABLATION_LIMIT")
 
 start=$(date +%s)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
@@ -70,9 +75,10 @@ evaluate() {  # evaluate NAME ARGS...
 evaluate paper --attack pgd --eps 0.015 --step 0.003 --steps "$PAPER_STEPS" --pairs "$PAPER_PAIRS" "${limit[@]}"
 # 1b. Ablations at the paper's budget (purify every scan, fixed t* = t_max, detect-and-reject).
 evaluate ablations --attack pgd --eps 0.015 --step 0.003 --steps "$PAPER_STEPS" --pairs "$PAIRS" --ablations \
-  "${limit[@]}"
+  "${ablation_limit[@]}"
 # 2. The common budget eps=8/255 (step 2/255, 10 steps), with the ablations (purify all, fixed t*, reject).
-evaluate pgd-8-255 --attack pgd --eps 8/255 --step 2/255 --steps "$STEPS_8" --pairs "$PAIRS" --ablations "${limit[@]}"
+evaluate pgd-8-255 --attack pgd --eps 8/255 --step 2/255 --steps "$STEPS_8" --pairs "$PAIRS" --ablations \
+  "${ablation_limit[@]}"
 # 3. Other attacks on the classifier: FGSM, PGD-L2 (eps 1.0), Carlini-Wagner L2.
 evaluate attacks --attack fgsm,pgdl2,cw --eps 0.015 --steps "$STEPS_8" --cw-steps "$CW_STEPS" --pairs "$PAIRS" \
   "${limit[@]}"
@@ -99,5 +105,6 @@ fi
 wall=$(( $(date +%s) - start ))
 load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 "$PY" -m medfedpure.report --runs "$OUT/runs" --out "$OUT" --round-plot "$ROUND_PLOT" --wall-time "$wall" \
-  --machine-note "load average $load_start at the start, $load_end at the end"
+  --machine-note "load average $load_start at the start, $load_end at the end" \
+  $([ "$OUT" = reports ] && echo --readme README.md)
 echo "report written to $OUT/REPORT.md in $wall s" >&2
