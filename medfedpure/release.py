@@ -39,6 +39,16 @@ def release(runs: Path, out: Path, split_csv: Path | None = None, detector: Path
                 _halve(f, dst / f.name)
             elif f.suffix in COPY_SUFFIXES:
                 shutil.copyfile(f, dst / f.name)
+    # The FedAvg baseline ships too: transfer attacks and the FedAvg ablation are then reproducible anywhere.
+    baseline = runs / "fedavg" / "classifier"
+    if baseline.is_dir():
+        dst = out / "baselines" / "fedavg"
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted(baseline.iterdir()):
+            if f.suffix == ".safetensors":
+                _halve(f, dst / f.name)
+            elif f.suffix in COPY_SUFFIXES:
+                shutil.copyfile(f, dst / f.name)
     split_src = split_csv or runs / "classifier" / "split.csv"
     if split_src.resolve() != (out / "split.csv").resolve():
         shutil.copyfile(split_src, out / "split.csv")

@@ -1,6 +1,6 @@
 """Personalised mixture vs FedAvg vs local-only, from the runs' own records (final round of each run).
 
-    python scripts/baselines_table.py --runs runs --out reports/baselines.md
+    python scripts/baselines_table.py [--runs pretrained] --out reports/baselines.md
 
 Each hospital evaluates its own model on its own held-out validation scans every round, and on the global test
 split at the last round (medfedpure/federated/client_app.py, evaluate); nothing here re-trains or re-scores.
@@ -12,8 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-RUNS = {"personalised mixture (MedFedPure)": "classifier", "FedAvg (one global model)": "fedavg/classifier",
-        "local only (no federation)": "local/classifier"}
+# Where each run's records live: a training folder (runs/) or the released checkpoint folder (pretrained/).
+RUNS = {"personalised mixture (MedFedPure)": ("classifier",),
+        "FedAvg (one global model)": ("fedavg/classifier", "baselines/fedavg"),
+        "local only (no federation)": ("local/classifier", "baselines/local")}
 
 
 def final_round(history: dict) -> tuple[int, list[dict]]:
@@ -24,7 +26,7 @@ def final_round(history: dict) -> tuple[int, list[dict]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--runs", default="pretrained", help="runs/ (training output) or pretrained/ (released)")
     ap.add_argument("--out", default="reports/baselines.md")
     args = ap.parse_args()
     lines = ["# Personalised vs FedAvg vs local-only (same data, rounds and local epochs)", "",
@@ -35,9 +37,10 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     per_hospital = {}
     summary = {}
-    for name, sub in RUNS.items():
-        path = Path(args.runs) / sub / "history.json"
-        if not path.exists():
+    for name, subs in RUNS.items():
+        path = next((Path(args.runs) / sub / "history.json" for sub in subs
+                     if (Path(args.runs) / sub / "history.json").exists()), None)
+        if path is None:
             lines.append(f"| {name} | not run | | | | |")
             continue
         history = json.loads(path.read_text())

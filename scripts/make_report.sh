@@ -19,8 +19,8 @@
 #   ADAPTIVE_SWEEP_LIMIT, ADAPTIVE_SWEEP_EPS, ADAPTIVE_SWEEP_EOT  adaptive eps sweep (default 16 scans;
 #                    0.004,0.008,8/255; 2 noise draws per step; the paper's budget comes from the adaptive run)
 #   EOT              purifier noise draws per adaptive step (default 2); CW_STEPS (default 30)
-#   FEDAVG           FedAvg baseline classifier (default runs/fedavg/classifier; skipped when absent)
-#   ROUND_PLOT       accuracy-per-round plot to copy (default runs/classifier/accuracy_per_round.png)
+#   FEDAVG           FedAvg baseline classifier (default pretrained/baselines/fedavg; skipped when absent)
+#   ROUND_PLOT       accuracy-per-round plot to copy (default pretrained/classifier/accuracy_per_round.png)
 #   DEVICE, THREADS  passed to evaluate (--device, --threads)
 #   QUICK=1          plumbing check only: 2 attack steps, 5 CW steps, 1 EOT draw (numbers meaningless)
 set -euo pipefail
@@ -40,8 +40,8 @@ ADAPTIVE_SWEEP_EPS=${ADAPTIVE_SWEEP_EPS:-0.004,0.008,8/255}
 ADAPTIVE_SWEEP_EOT=${ADAPTIVE_SWEEP_EOT:-2}
 EOT=${EOT:-2}
 CW_STEPS=${CW_STEPS:-30}
-FEDAVG=${FEDAVG:-runs/fedavg/classifier}
-ROUND_PLOT=${ROUND_PLOT:-runs/classifier/accuracy_per_round.png}
+FEDAVG=${FEDAVG:-pretrained/baselines/fedavg}
+ROUND_PLOT=${ROUND_PLOT:-pretrained/classifier/accuracy_per_round.png}
 
 PAPER_STEPS=7; STEPS_8=10; SWEEP_STEPS=10
 if [ "${QUICK:-0}" = 1 ]; then
@@ -101,6 +101,10 @@ if [ -f "$FEDAVG/config.json" ]; then
 else
   echo "== no FedAvg baseline at $FEDAVG: transfer and FedAvg runs skipped" >&2
 fi
+
+# 7. Personalised vs FedAvg (vs local-only) on the hospitals' own held-out scans and the test split, from the
+#    training records shipped beside the checkpoints.
+"$PY" scripts/baselines_table.py --runs pretrained --out "$OUT/baselines.md" >/dev/null
 
 wall=$(( $(date +%s) - start ))
 load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
