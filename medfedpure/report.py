@@ -356,6 +356,9 @@ def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, r
                    f"({pct(rej.get('robust_accuracy_on_accepted'))} accuracy on the accepted ones; "
                    f"{pct(rej.get('robust_accuracy_rejected_counts_as_stopped'))} if a rejection counts as "
                    "stopping the attack).\n")
+    out.append("## Personalised vs FedAvg\n\nAccuracy of the personalised mixture, the FedAvg model (and local-only "
+               "training, when run) on each hospital's own held-out scans and on the test split, from the "
+               "training records: [baselines.md](baselines.md).\n")
     out.append("## Figures\n")
     captions = {"roc": "Detector ROC: MAE anomaly score, clean vs adversarial scans; dots are the hospitals' "
                        "calibrated thresholds.",
