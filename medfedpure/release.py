@@ -39,6 +39,13 @@ def release(runs: Path, out: Path, split_csv: Path | None = None, detector: Path
                 _halve(f, dst / f.name)
             elif f.suffix in COPY_SUFFIXES:
                 shutil.copyfile(f, dst / f.name)
+    # A recalibrated detector keeps the training records of the run its weights come from.
+    det_cfg = json.loads((out / "detector" / "config.json").read_text())
+    trained_in = det_cfg.get("training", {}).get("recalibrated_from")
+    if trained_in and Path(trained_in).is_dir():
+        for name in ("history.json", "loss_per_round.png"):
+            if (Path(trained_in) / name).is_file():
+                shutil.copyfile(Path(trained_in) / name, out / "detector" / name)
     # The FedAvg baseline ships too: transfer attacks and the FedAvg ablation are then reproducible anywhere.
     baseline = runs / "fedavg" / "classifier"
     if baseline.is_dir():
