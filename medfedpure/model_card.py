@@ -21,6 +21,13 @@ FIELDS = [
 ]
 
 
+def _architecture(clf: dict) -> str:
+    if clf.get("expert_type", "resnet") == "head":
+        return (f"one shared ResNet-18 trunk (width {clf['width']}, {clf.get('norm', 'batch')} norm) with "
+                f"{clf['num_experts']} expert heads")
+    return f"mixture of {clf['num_experts']} ResNet-18 experts, width {clf['width']}"
+
+
 def _fmt(value) -> str:
     if isinstance(value, dict) and "mean" in value:
         std = value.get("std")
@@ -28,6 +35,10 @@ def _fmt(value) -> str:
     if isinstance(value, (int, float)):
         return f"{100 * value:.2f}%"
     return "n/a"
+
+
+def _num(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
 
 def _results_table(results_dir: Path | None) -> str:
@@ -44,7 +55,8 @@ def _results_table(results_dir: Path | None) -> str:
         desc = attack.get("name", "none") if isinstance(attack, dict) else str(attack)
         if isinstance(attack, dict) and attack.get("eps") is not None:
             desc += f", eps {attack['eps']:.4g}, {attack.get('steps', '?')} steps"
-        rows.append((label, desc, res.get("n"), [_fmt(res.get(k)) for k, _ in FIELDS]))
+        rows.append((label, desc, res.get("n"), [_num(res.get(k)) if k == "detection_auroc" else _fmt(res.get(k))
+                                                 for k, _ in FIELDS]))
     head = "| run | attack | n | " + " | ".join(name for _, name in FIELDS) + " |\n"
     head += "|---" * (3 + len(FIELDS)) + "|\n"
     return head + "".join(f"| {r[0]} | {r[1]} | {r[2]} | " + " | ".join(r[3]) + " |\n" for r in rows)
@@ -80,9 +92,8 @@ datasets: [br35h]
 
 # MedFedPure checkpoints (Br35H, 10 simulated hospitals)
 
-Personalised federated brain-tumour MRI classifier (mixture of {clf['num_experts']} ResNet-18 experts, width
-{clf['width']}, one gate per hospital), MAE adversarial-scan detector and DDPM purifier, trained with Flower on
-the Br35H data set. Reimplementation of {PAPER}; code: medfedpure {__version__}.
+Personalised federated brain-tumour MRI classifier ({_architecture(clf)}, one gate per hospital), MAE
+adversarial-scan detector and DDPM purifier, trained with Flower on the Br35H data set. Reimplementation of {PAPER}; code: medfedpure {__version__}.
 
 ## Intended use and limits
 - **Research and teaching only. Not a medical device**; not validated for diagnosis or any clinical decision.
@@ -101,7 +112,7 @@ the Br35H data set. Reimplementation of {PAPER}; code: medfedpure {__version__}.
   partitioned with label skew Dirichlet(alpha = {split.get('alpha', 'n/a')}); each hospital keeps its own validation
   scans (personalised evaluation, detector calibration). Test scans belong to no hospital.
 
-## Training (federated, Flower {t_clf.get('engine', 'flower')})
+## Training (federated, {t_clf.get('engine', 'flower').replace('flower-', 'Flower ')} engine)
 | model | files | rounds | local epochs | lr | wall time |
 |---|---|---|---|---|---|
 | classifier ({clf.get('mode')}) | `classifier/` | {t_clf.get('num-rounds')} | {t_clf.get('local-epochs')} | {t_clf.get('lr')} | {t_clf.get('train_seconds')} s |
@@ -113,8 +124,8 @@ Commands: `python -m medfedpure train all --data ../shared/data/br35h --split pr
 weighted by scan counts; non-finite or >10x-scaled updates rejected. The classifier's gates never left the
 hospitals during training; each hospital published its gate once, at release, so the demo can offer its model.
 
-- Detector: ViT MAE, patch {det['patch_size']}, mask ratio {det['mask_ratio']}; score = mean absolute
-  reconstruction error over {4 * det['score_repeats']} complementary masks (every patch hidden equally often);
+- Detector: ViT MAE, patch {det['patch_size']}, mask ratio {det['mask_ratio']}; score = `{det.get('score')}`
+  (see medfedpure/detector.py) over {4 * det['score_repeats']} complementary masks (every patch hidden equally often);
   per-hospital thresholds at {100 * det['target_fpr']:.0f}% false positives on its own clean validation scans
   ({thresholds}).
 - Purifier: DDPM, linear betas 1e-4 to 2e-2, T = 1000, trained on 64-px crops at t < {pur.get('train_max_timestep')};
