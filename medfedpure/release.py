@@ -26,6 +26,24 @@ def _halve(src: Path, dst: Path) -> None:
     save_file(half, str(dst), metadata={"format": "pt"})
 
 
+def _copy_run(src: Path, dst: Path) -> None:
+    """Weights as float16 safetensors, configs and plots as they are."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.suffix == ".safetensors":
+            _halve(f, dst / f.name)
+        elif f.suffix in COPY_SUFFIXES:
+            shutil.copyfile(f, dst / f.name)
+
+
+def _copy_records(src: Path, dst: Path) -> None:
+    """A run's training records only: per-round history and its plot."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in [src / "history.json", *src.glob("*_per_round.png")]:
+        if f.is_file():
+            shutil.copyfile(f, dst / f.name)
+
+
 def release(runs: Path, out: Path, split_csv: Path | None = None, detector: Path | None = None) -> Path:
     """`detector`: the MAE run to ship (default RUNS/mae), e.g. a calibration-only run over it."""
     out.mkdir(parents=True, exist_ok=True)
@@ -33,29 +51,20 @@ def release(runs: Path, out: Path, split_csv: Path | None = None, detector: Path
         src, dst = (detector if run_name == "mae" and detector else runs / run_name), out / part
         if not src.is_dir():
             raise FileNotFoundError(f"{src} is missing: train it with `python -m medfedpure train {run_name}`")
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in sorted(src.iterdir()):
-            if f.suffix == ".safetensors":
-                _halve(f, dst / f.name)
-            elif f.suffix in COPY_SUFFIXES:
-                shutil.copyfile(f, dst / f.name)
+        _copy_run(src, dst)
     # A recalibrated detector keeps the training records of the run its weights come from.
     det_cfg = json.loads((out / "detector" / "config.json").read_text())
     trained_in = det_cfg.get("training", {}).get("recalibrated_from")
     if trained_in and Path(trained_in).is_dir():
-        for name in ("history.json", "loss_per_round.png"):
-            if (Path(trained_in) / name).is_file():
-                shutil.copyfile(Path(trained_in) / name, out / "detector" / name)
+        _copy_records(Path(trained_in), out / "detector")
     # The FedAvg baseline ships too: transfer attacks and the FedAvg ablation are then reproducible anywhere.
     baseline = runs / "fedavg" / "classifier"
     if baseline.is_dir():
-        dst = out / "baselines" / "fedavg"
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in sorted(baseline.iterdir()):
-            if f.suffix == ".safetensors":
-                _halve(f, dst / f.name)
-            elif f.suffix in COPY_SUFFIXES:
-                shutil.copyfile(f, dst / f.name)
+        _copy_run(baseline, out / "baselines" / "fedavg")
+    # Local-only training has no shared model (each hospital keeps its own): only its records ship.
+    local = runs / "local" / "classifier"
+    if (local / "history.json").is_file():
+        _copy_records(local, out / "baselines" / "local")
     split_src = split_csv or runs / "classifier" / "split.csv"
     if split_src.resolve() != (out / "split.csv").resolve():
         shutil.copyfile(split_src, out / "split.csv")

@@ -80,5 +80,7 @@ def run(args) -> int:
         summary = simulate(kind, extra)
         out = Path(extra["out-dir"]) / kind
         (out / "split.csv").write_bytes(split_path.read_bytes())
+        if split_path.with_suffix(".json").exists():  # the split's settings and counts travel with it
+            (out / "split.json").write_bytes(split_path.with_suffix(".json").read_bytes())
         print(f"{kind}: trained in {summary['train_seconds']:.0f} s -> {out}", flush=True)
     return 0
