@@ -212,7 +212,7 @@ def _draw_score(ax, quantiles, threshold: float, score: float, clean_score: floa
     pad = 0.08 * (hi - lo or abs(hi) or 1.0)
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(0, 100)
-    ax.set_xlabel("detector score (MAE reconstruction error)")
+    ax.set_xlabel("detector score (anomaly statistic of the MAE detector)")
     ax.set_ylabel("% of clean scans below")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7, framealpha=0.9)

@@ -41,34 +41,57 @@ def highpass(image: torch.Tensor) -> torch.Tensor:
     return image - F.avg_pool2d(F.pad(image, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
 
 
-# Per-pixel anomaly maps; a scan's score is the mean of its map, so the map shown is exactly what is scored.
-#   mean_abs_error:        |MAE reconstruction - scan| on hidden patches (the paper's reconstruction error)
-#   highpass_abs_residual: |high-pass(reconstruction - scan)|: the pixel-level part of the residual, which the
-#                          MAE (trained on clean scans) cannot reproduce; an L-inf attack's dense perturbation
-#                          lives there, while the coarse reconstruction error of clean anatomy is filtered out.
-STATISTICS = ("mean_abs_error", "highpass_abs_residual")
+def background_region(x: torch.Tensor, level: float = 0.1, window: int = 5) -> torch.Tensor:
+    """1 where a scan's whole `window` x `window` neighbourhood is darker than `level` (air around the head).
+
+    An L-inf perturbation of 0.03 can only move the region's edge (pixels within 0.03 of the level), not empty it.
+    """
+    return (F.max_pool2d(x, window, stride=1, padding=window // 2) < level).to(x.dtype)
+
+
+# Per-pixel anomaly maps. A scan's score is the mean of its map over the statistic's region (the whole scan,
+# or its background), so the map shown is exactly what is scored.
+#   mean_abs_error:         |MAE reconstruction - scan| on hidden patches (the paper's reconstruction error)
+#   highpass_abs_residual:  |high-pass(reconstruction - scan)|: the pixel-level part of the residual, which the
+#                           MAE (trained on clean scans) cannot reproduce; an L-inf attack's dense perturbation
+#                           lives there, while the coarse reconstruction error of clean anatomy is filtered out.
+#   background_highpass_residual: the same, only over the background, where a clean scan is smooth and dark and
+#                           the MAE reconstructs it so; anatomy's own texture no longer drowns the perturbation.
+#   background_highpass:    |high-pass(scan)| over the background, without the MAE: the MAE's patch seams add
+#                           noise of their own there (see reports/detector_statistics.md for the comparison).
+STATISTICS = ("mean_abs_error", "highpass_abs_residual", "background_highpass_residual", "background_highpass")
 
 
 def anomaly_map(x: torch.Tensor, recon: torch.Tensor, error_map: torch.Tensor,
-                statistic: str = "mean_abs_error") -> torch.Tensor:
+                statistic: str = "mean_abs_error") -> tuple[torch.Tensor, torch.Tensor]:
+    """(map, region): the per-pixel anomaly map, zero outside the region the statistic averages over."""
+    whole = torch.ones_like(x)
     if statistic == "mean_abs_error":
-        return error_map
+        return error_map, whole
     if statistic == "highpass_abs_residual":
-        return highpass(recon - x).abs()
+        return highpass(recon - x).abs(), whole
+    if statistic == "background_highpass_residual":
+        region = background_region(x)
+        return highpass(recon - x).abs() * region, region
+    if statistic == "background_highpass":
+        region = background_region(x)
+        return highpass(x).abs() * region, region
     raise ValueError(f"unknown detector statistic {statistic!r}; choose from {STATISTICS}")
 
 
-def anomaly_score(score_map: torch.Tensor) -> torch.Tensor:
-    """Mean of the anomaly map per scan, (N,)."""
-    return score_map.flatten(1).mean(1)
+def anomaly_score(score_map: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the anomaly map per scan over its region (default: every pixel), (N,)."""
+    if region is None:
+        return score_map.flatten(1).mean(1)
+    return score_map.flatten(1).sum(1) / region.flatten(1).sum(1).clamp_min(1.0)
 
 
 def score_scans(mae: MaskedAutoencoder, x: torch.Tensor, keep_sets: torch.Tensor,
                 statistic: str = "mean_abs_error"):
     """(reconstruction, anomaly map, score) for x (N, 1, H, W) in [0, 1]; differentiable."""
     recon, err = reconstruct(mae, x, keep_sets)
-    amap = anomaly_map(x, recon, err, statistic)
-    return recon, amap, anomaly_score(amap)
+    amap, region = anomaly_map(x, recon, err, statistic)
+    return recon, amap, anomaly_score(amap, region)
 
 
 def calibrate_threshold(clean_scores: np.ndarray, target_fpr: float = 0.05) -> float:

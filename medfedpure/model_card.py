@@ -62,12 +62,12 @@ def _results_table(results_dir: Path | None) -> str:
     return head + "".join(f"| {r[0]} | {r[1]} | {r[2]} | " + " | ".join(r[3]) + " |\n" for r in rows)
 
 
-def _recalibration_note(training: dict) -> str:
+def _recalibration_note(training: dict, score: str) -> str:
     if not training.get("recalibrated_from"):
         return ""
     return ("the detector's thresholds were then recomputed by every hospital for the statistic chosen on validation "
             "scans (`python -m medfedpure train mae --data ../shared/data/br35h --split pretrained/split.csv "
-            "--rounds 0 --set init-from=runs/mae --set score=highpass_abs_residual --out runs/calibrated`); ")
+            f"--rounds 0 --set init-from=runs/mae --set score={score} --out runs/calibrated`); ")
 
 
 def write_model_card(folder: Path, results_dir: Path | None = None) -> Path:
@@ -120,8 +120,9 @@ adversarial-scan detector and DDPM purifier, trained with Flower on the Br35H da
 | DDPM purifier | `purifier/` | {t_pur.get('num-rounds')} | {t_pur.get('local-epochs')} | {t_pur.get('lr')} | {t_pur.get('train_seconds')} s |
 
 Commands: `python -m medfedpure train all --data ../shared/data/br35h --split pretrained/split.csv --out runs`;
-{_recalibration_note(t_det)}`python -m medfedpure release --runs runs{' --detector runs/calibrated/mae' if t_det.get('recalibrated_from') else ''} --out pretrained`. Seed {t_clf.get('seed')}. FedAvg over the hospitals
-weighted by scan counts; non-finite or >10x-scaled updates rejected. The classifier's gates never left the
+{_recalibration_note(t_det, det.get('score'))}`python -m medfedpure release --runs runs{' --detector runs/calibrated/mae' if t_det.get('recalibrated_from') else ''} --out pretrained`. Seed {t_clf.get('seed')}. FedAvg over the hospitals
+weighted by scan counts; non-finite or >10x-scaled updates rejected. Classifier loss: class weighting
+`{t_clf.get('class-balance', 'none')}` (balanced: each hospital weights both classes equally). The classifier's gates never left the
 hospitals during training; each hospital published its gate once, at release, so the demo can offer its model.
 
 - Detector: ViT MAE, patch {det['patch_size']}, mask ratio {det['mask_ratio']}; score = `{det.get('score')}`

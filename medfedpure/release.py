@@ -65,6 +65,10 @@ def release(runs: Path, out: Path, split_csv: Path | None = None, detector: Path
     local = runs / "local" / "classifier"
     if (local / "history.json").is_file():
         _copy_records(local, out / "baselines" / "local")
+    # The personalised mixture trained with the plain (unweighted) loss: the class-balance ablation's records.
+    unweighted = runs / "unweighted" / "classifier"
+    if (unweighted / "history.json").is_file():
+        _copy_records(unweighted, out / "baselines" / "moe-unweighted")
     split_src = split_csv or runs / "classifier" / "split.csv"
     if split_src.resolve() != (out / "split.csv").resolve():
         shutil.copyfile(split_src, out / "split.csv")

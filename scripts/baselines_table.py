@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 # Where each run's records live: a training folder (runs/) or the released checkpoint folder (pretrained/).
-RUNS = {"personalised mixture (MedFedPure)": ("classifier",),
+RUNS = {"personalised mixture (MedFedPure, class-balanced loss)": ("classifier",),
+        "personalised mixture, unweighted loss": ("unweighted/classifier", "baselines/moe-unweighted"),
         "FedAvg (one global model)": ("fedavg/classifier", "baselines/fedavg"),
         "local only (no federation)": ("local/classifier", "baselines/local")}
 
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--out", default="reports/baselines.md")
     args = ap.parse_args()
     lines = ["# Personalised vs FedAvg vs local-only (same data, rounds and local epochs)", "",
+             "The FedAvg and local-only baselines were trained with the unweighted loss (`--set class-balance=none`).", "",
              f"Command: `python scripts/baselines_table.py --runs {args.runs}`; figures from each run's "
              "`history.json` (final round). Own held-out = each hospital's own validation scans (mean weighted "
              "by scans); test = the global test split (600 scans), mean over the 10 hospitals' models.", "",

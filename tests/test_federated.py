@@ -132,6 +132,34 @@ def test_train_classifier_reduces_loss(scans):
     assert after["num-examples"] == len(x)
 
 
+def test_balanced_class_weights_equalise_classes():
+    labels = torch.tensor([1] * 8 + [0] * 2)
+    w = steps.balanced_class_weights(labels, 2)
+    # each class's total weight is the same: 2 * w0 == 8 * w1
+    assert torch.allclose(2 * w[0], 8 * w[1])
+    assert torch.allclose(w, torch.tensor([2.5, 0.625]))
+    # a class the hospital never saw gets a finite weight (it never enters the loss), and weights are capped
+    assert torch.isfinite(steps.balanced_class_weights(torch.ones(5, dtype=torch.long), 2)).all()
+    assert steps.balanced_class_weights(torch.tensor([0] + [1] * 99), 2, max_weight=10.0)[0] == 10.0
+
+
+def test_balanced_loss_raises_the_minority_class(scans):
+    """On a 1-to-4 label mix the weighted loss pushes the minority class up more than the plain loss does."""
+    x, y = scans
+    skew = torch.cat([torch.nonzero(y == 0).flatten()[:1], torch.nonzero(y == 1).flatten()[:4]])
+    xs, ys = x[skew], y[skew]
+
+    def minority_probability(weights):
+        torch.manual_seed(0)
+        model = build_model("classifier", {**TINY_CLASSIFIER, "width": 16})
+        for e in range(4):
+            steps.train_classifier(model, xs, ys, epochs=1, lr=3e-3, batch_size=5, seed=e, class_weights=weights)
+        return steps.predict_log_proba(model, xs).exp()[:, 0].mean().item()
+
+    plain, balanced = minority_probability(None), minority_probability(steps.balanced_class_weights(ys, 2))
+    assert balanced > plain + 0.02, (plain, balanced)
+
+
 def test_train_mae_and_purifier_return_finite_loss(scans):
     x, _ = scans
     torch.manual_seed(0)

@@ -81,6 +81,32 @@ def test_error_map_covers_every_pixel_and_score_is_differentiable():
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def test_background_statistics_see_dense_noise_on_real_scans():
+    """On shipped Br35H scans the background region survives an 8/255 perturbation, and sign noise there
+    raises both background scores."""
+    from pathlib import Path
+
+    from medfedpure.io import read_scan
+
+    files = sorted((Path(__file__).resolve().parents[1] / "assets" / "examples").glob("*.jpg"))
+    x = torch.stack([torch.from_numpy(read_scan(f, size=128).image) for f in files]).unsqueeze(1).float()
+    gen = torch.Generator().manual_seed(0)
+    noise = (torch.randint(0, 2, x.shape, generator=gen) * 2 - 1) * (8 / 255)
+    xa = (x + noise).clamp(0, 1)
+    region = detector.background_region(x)
+    assert 0.05 < region.mean() < 0.95  # every example has air around the head
+    assert (region == detector.background_region(xa)).float().mean() > 0.97  # only the region's edge moves
+    recon = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2)  # a smooth stand-in reconstruction
+    for name in ("background_highpass_residual", "background_highpass"):
+        clean = detector.anomaly_score(*detector.anomaly_map(x, recon, recon, name))
+        attacked = detector.anomaly_score(*detector.anomaly_map(xa, recon, recon, name))
+        assert torch.all(attacked > clean + 0.005), (name, clean, attacked)
+        amap, reg = detector.anomaly_map(xa, recon, recon, name)
+        assert torch.all(amap[reg == 0] == 0)  # the map shown is zero where the score does not look
+    with pytest.raises(ValueError, match="unknown detector statistic"):
+        detector.anomaly_map(x, recon, recon, "nope")
+
+
 def test_threshold_calibration_meets_target_false_positive_rate():
     rng = np.random.default_rng(0)
     for n in (8, 47, 200):

@@ -20,7 +20,7 @@ def _hospital_of(reply: Message) -> int:
 
 
 def _training_summary(settings: dict, summary: dict) -> dict:
-    keep = ("seed", "num-rounds", "local-epochs", "lr", "batch-size", "num-hospitals", "mode", "shift")
+    keep = ("seed", "num-rounds", "local-epochs", "lr", "batch-size", "num-hospitals", "mode", "class-balance", "shift")
     return {**{k: settings[k] for k in keep if k in settings}, "train_seconds": summary["train_seconds"],
             "engine": settings.get("engine", "flower-deployment")}
 

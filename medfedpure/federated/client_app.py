@@ -94,9 +94,12 @@ def train(msg: Message, context: Context) -> Message:
     seed = int(cfg.get("seed", 0)) * 1000 + int(cfg.get("server-round", 1)) * 17 + hospital
     kind = cfg["model"]
     if kind == "classifier":
+        weights = None
+        if cfg.get("class-balance", "none") == "balanced":
+            weights = steps.balanced_class_weights(data.train_y, int(cfg["model-config"].get("num_classes", 2)))
         metrics = steps.train_classifier(model, data.train_x, data.train_y, epochs=int(cfg["local-epochs"]),
                                          lr=_round_lr(cfg), batch_size=int(cfg["batch-size"]), seed=seed,
-                                         device=device)
+                                         device=device, class_weights=weights)
     elif kind == "mae":
         metrics = steps.train_mae(model, data.train_x, epochs=int(cfg["local-epochs"]), lr=_round_lr(cfg),
                                   batch_size=int(cfg["batch-size"]), seed=seed, device=device)

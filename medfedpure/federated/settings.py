@@ -25,13 +25,14 @@ COMMON = {
 PER_MODEL = {
     "classifier": {
         "mode": "moe",        # moe (personalised) | fedavg (one global model) | local (no federation)
+        "class-balance": "balanced",  # balanced: each hospital weights its loss so both classes count equally | none
         "num-rounds": 40, "local-epochs": 2, "lr": 1e-3, "batch-size": 32,
         "model-config": {"num_classes": 2, "num_experts": 3, "width": 32, "gate_width": 16, "expert_type": "head",
                          "norm": "group"},
     },
     "mae": {
         "num-rounds": 12, "local-epochs": 4, "lr": 1.5e-3, "batch-size": 32,
-        "target-fpr": 0.05, "score-repeats": 2, "score": "highpass_abs_residual", "score-mask-ratio": 0.75,  # see reports/detector_statistics.md
+        "target-fpr": 0.05, "score-repeats": 2, "score": "background_highpass", "score-mask-ratio": 0.75,  # see reports/detector_statistics.md
         "model-config": {"image_size": 128, "patch_size": 16, "embed_dim": 192, "depth": 6, "heads": 4,
                          "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_ratio": 0.75},
     },

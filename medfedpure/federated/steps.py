@@ -47,12 +47,28 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
+def balanced_class_weights(labels: torch.Tensor, num_classes: int, max_weight: float = 10.0) -> torch.Tensor:
+    """Loss weights n / (C * n_c), capped: every class counts equally, whatever the hospital's label mix.
+
+    A hospital whose scans are 80% tumour otherwise teaches its gate to say "tumour" by default, which is
+    right on its own scans and wrong on a balanced test set (and on the next patient population it sees).
+    """
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    weights = len(labels) / (num_classes * counts.clamp(min=1))
+    return weights.clamp(max=max_weight)
+
+
 def train_classifier(model, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 1, lr: float = 1e-3,
                      batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
-                     weight_decay: float = 1e-4) -> dict:
-    """Local training of the whole mixture (experts and gate). Returns mean loss, accuracy and example count."""
+                     weight_decay: float = 1e-4, class_weights: torch.Tensor | None = None) -> dict:
+    """Local training of the whole mixture (experts and gate). Returns mean loss, accuracy and example count.
+
+    `class_weights` (one per class) reweights the loss, e.g. `balanced_class_weights(labels, C)`.
+    """
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
+    if class_weights is not None:
+        class_weights = class_weights.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total, correct, loss_sum = 0, 0, 0.0
     for _ in range(epochs):
@@ -62,7 +78,7 @@ def train_classifier(model, images: torch.Tensor, labels: torch.Tensor, *, epoch
             x = augment(images[idx], gen).to(device)
             y = labels[idx].to(device)
             logp = model(x)
-            loss = F.nll_loss(logp, y)
+            loss = F.nll_loss(logp, y, weight=class_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
