@@ -131,15 +131,15 @@ def clean_percentile(score: float, quantiles) -> float:
 
 
 def percentile_phrase(score: float, quantiles) -> str:
-    """'above every one of this hospital's clean validation scans' / 'above about 87% of ...'."""
+    """'above every one of this hospital's clean calibration scans' / 'above about 87% of ...'."""
     p = clean_percentile(score, quantiles)
     if math.isnan(p):
         return "no clean-score distribution is stored for this hospital"
     if p >= 100.0:
-        return "above every one of this hospital's clean validation scans"
+        return "above every one of this hospital's clean calibration scans"
     if p <= 0.0:
-        return "below every one of this hospital's clean validation scans"
-    return f"above about {p:.0f}% of this hospital's clean validation scans"
+        return "below every one of this hospital's clean calibration scans"
+    return f"above about {p:.0f}% of this hospital's clean calibration scans"
 
 
 def _fmt_score(x: float) -> str:

@@ -60,6 +60,9 @@ def background_region(x: torch.Tensor, level: float = 0.1, window: int = 5) -> t
 #   background_highpass:    |high-pass(scan)| over the background, without the MAE: the MAE's patch seams add
 #                           noise of their own there (see reports/detector_statistics.md for the comparison).
 STATISTICS = ("mean_abs_error", "highpass_abs_residual", "background_highpass_residual", "background_highpass")
+# Statistics that do not read the trained MAE: a hospital may calibrate them on all its clean scans, training
+# scans included, since no weight has seen (and so fits) them. The others must be calibrated on held-out scans.
+MODEL_FREE_STATISTICS = ("background_highpass",)
 
 
 def anomaly_map(x: torch.Tensor, recon: torch.Tensor, error_map: torch.Tensor,

@@ -62,6 +62,12 @@ def _results_table(results_dir: Path | None) -> str:
     return head + "".join(f"| {r[0]} | {r[1]} | {r[2]} | " + " | ".join(r[3]) + " |\n" for r in rows)
 
 
+def _calibration_scans_phrase(det: dict) -> str:
+    if det.get("calibration_scans") == "train+val":
+        return "all its own clean scans (training and validation; the score does not read the trained MAE)"
+    return "its own clean validation scans"
+
+
 def _recalibration_note(training: dict, score: str) -> str:
     if not training.get("recalibrated_from"):
         return ""
@@ -127,7 +133,7 @@ hospitals during training; each hospital published its gate once, at release, so
 
 - Detector: ViT MAE, patch {det['patch_size']}, mask ratio {det['mask_ratio']}; score = `{det.get('score')}`
   (see medfedpure/detector.py) over {4 * det['score_repeats']} complementary masks (every patch hidden equally often);
-  per-hospital thresholds at {100 * det['target_fpr']:.0f}% false positives on its own clean validation scans
+  per-hospital thresholds at {100 * det['target_fpr']:.0f}% false positives on {_calibration_scans_phrase(det)}
   ({thresholds}).
 - Purifier: DDPM, linear betas 1e-4 to 2e-2, T = 1000, trained on 64-px crops at t < {pur.get('train_max_timestep')};
   purification diffuses to t* in [{pur['t_min']}, {pur['t_max']}] (monotone in the anomaly score) and runs

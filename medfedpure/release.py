@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from medfedpure.federated.records import portable
 from medfedpure.hub import write_manifest
 
 PARTS = {"classifier": "classifier", "mae": "detector", "purifier": "purifier"}
@@ -26,6 +27,19 @@ def _halve(src: Path, dst: Path) -> None:
     save_file(half, str(dst), metadata={"format": "pt"})
 
 
+def _copy_file(src: Path, dst: Path) -> None:
+    """Plots as they are; JSON records and configs without the training machine's absolute paths."""
+    if src.suffix == ".json":
+        data = json.loads(src.read_text())
+        if src.name == "history.json":
+            dst.write_text(json.dumps(portable(data), indent=1, sort_keys=True) + "\n")
+            return
+        if portable(data) != data:
+            dst.write_text(json.dumps(portable(data), indent=2, sort_keys=True) + "\n")
+            return
+    shutil.copyfile(src, dst)
+
+
 def _copy_run(src: Path, dst: Path) -> None:
     """Weights as float16 safetensors, configs and plots as they are."""
     dst.mkdir(parents=True, exist_ok=True)
@@ -33,7 +47,7 @@ def _copy_run(src: Path, dst: Path) -> None:
         if f.suffix == ".safetensors":
             _halve(f, dst / f.name)
         elif f.suffix in COPY_SUFFIXES:
-            shutil.copyfile(f, dst / f.name)
+            _copy_file(f, dst / f.name)
 
 
 def _copy_records(src: Path, dst: Path) -> None:
@@ -41,7 +55,7 @@ def _copy_records(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for f in [src / "history.json", *src.glob("*_per_round.png")]:
         if f.is_file():
-            shutil.copyfile(f, dst / f.name)
+            _copy_file(f, dst / f.name)
 
 
 def release(runs: Path, out: Path, split_csv: Path | None = None, detector: Path | None = None) -> Path:

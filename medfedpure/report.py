@@ -312,7 +312,7 @@ def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, r
         out.append("\nSame protocol as the paper: the attacker sees only the hospital's classifier; the same "
                    "adversarial scans are fed to the undefended classifier and to the defence. Unlike the paper's "
                    "published code, the test scans share no near-duplicate group with training scans, the "
-                   "detector uses a threshold calibrated on each hospital's clean validation scans (no per-batch "
+                   "detector uses a threshold calibrated on each hospital's own clean scans (no per-batch "
                    "quota), purification never sees the label, and PGD projects onto the eps-ball after every "
                    "step.\n")
     rows = [_row(n, runs[n], i) for n in RUN_NAMES if n in runs and not n.endswith("sweep")

@@ -10,7 +10,7 @@
 #   REPEATS          purifier seeds per defended figure (default 2)
 #   LIMIT            subset of the test split for the main runs (default: all 600 test scans)
 #   ABLATION_LIMIT   subset for the two ablation runs, which purify every scan (default 200)
-# The defaults are sized for a 2-core CPU (about 40 minutes); the README's figures come from them.
+# The defaults are sized for a 2-core CPU (about 80 minutes); the README's figures come from them.
 #   PAPER_PAIRS      (scan, hospital) pairs of the paper-protocol run: round-robin (default: each test scan with
 #                    one hospital's model, in a seeded rotation) or all (every scan with every hospital: 10x)
 #   PAIRS            pairs of the other runs (default round-robin: each test scan with one hospital's model)

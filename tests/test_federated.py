@@ -366,3 +366,17 @@ def test_simulation_survives_a_dropped_hospital(caches, tmp_path, ray_tmp):
     history = _history(tmp_path)
     assert [r["hospital"] for r in history["records"] if r["phase"] == "train"] == [0]
     assert (tmp_path / "classifier" / "model.safetensors").is_file()
+
+
+def test_calibration_scans_include_training_scans_only_for_model_free_statistics():
+    from medfedpure.federated.task import HospitalData, calibration_scans
+
+    data = HospitalData(torch.zeros(5, 1, 8, 8), torch.zeros(5), torch.ones(3, 1, 8, 8), torch.zeros(3))
+    assert calibration_scans(data, {"calibration-scans": "val"}).shape[0] == 3
+    both = calibration_scans(data, {"calibration-scans": "train+val", "score": "background_highpass"})
+    assert both.shape[0] == 8 and both[-3:].eq(1).all()
+    # a statistic that reads the trained MAE fits its training scans: calibrating on them would understate FPR
+    with pytest.raises(ValueError, match="calibrate it on val"):
+        calibration_scans(data, {"calibration-scans": "train+val", "score": "mean_abs_error"})
+    with pytest.raises(ValueError, match="unknown calibration-scans"):
+        calibration_scans(data, {"calibration-scans": "test"})

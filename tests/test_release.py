@@ -37,3 +37,21 @@ def test_model_card_is_filled_from_configs_and_results(tmp_path):
         assert needed in card, needed
     assert "{" not in card.split("```bibtex")[0].split("---", 2)[2]  # no unformatted template fields
     verify_manifest(folder)
+
+
+def test_release_ships_no_absolute_paths_of_the_training_machine(tmp_path):
+    """Records name the data cache by file name only; the bundled pretrained/ obeys the same rule."""
+    from medfedpure.release import _copy_records
+
+    run = tmp_path / "run"
+    run.mkdir()
+    history = {"summary": {"settings": {"data-path": str(tmp_path / "cache" / "br35h-128.npz"), "out-dir": "runs"}},
+               "records": [{"round": 1, "hospital": 0, "val-accuracy": 0.5}]}
+    (run / "history.json").write_text(json.dumps(history))
+    _copy_records(run, tmp_path / "shipped")
+    shipped = json.loads((tmp_path / "shipped" / "history.json").read_text())
+    assert shipped["summary"]["settings"] == {"data-path": "br35h-128.npz", "out-dir": "runs"}
+    assert shipped["records"] == history["records"]
+    for f in (ROOT / "pretrained").rglob("*.json"):
+        text = f.read_text()
+        assert str(ROOT.parent) not in text and '"/' not in text, f

@@ -59,6 +59,7 @@ def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: l
                   "score": str(settings.get("score", "mean_abs_error")), "score_mask_ratio": float(ratio),
                   "score_repeats": int(settings["score-repeats"]), "score_seed": int(settings["seed"]),
                   "target_fpr": float(settings["target-fpr"]),
+                  "calibration_scans": str(settings.get("calibration-scans", "val")),
                   "calibration": dict(sorted(calibration.items(), key=lambda kv: int(kv[0]))),
                   "training": training}
         save_weights(out_dir, {k: v for k, v in model.state_dict().items()}, config)

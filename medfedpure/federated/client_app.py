@@ -140,16 +140,17 @@ def query(msg: Message, context: Context) -> Message:
     """Release step after training: the hospital publishes what the shipped checkpoint needs from it.
 
     Classifier: its personalised gate (so the demo can offer every hospital's model). Detector: its threshold
-    calibrated on its own clean validation scans, plus score quantiles; never the scans themselves.
+    calibrated on its own clean scans (setting calibration-scans), plus score quantiles; never the scans themselves.
     """
     cfg, hospital, model = _prepare(msg, context)
     content = RecordDict()
     if cfg["model"] == "classifier" and cfg.get("mode") != "local":
         content["personal"] = ArrayRecord(model.personal_state()) if model.personal_state() else ArrayRecord()
     if cfg["model"] == "mae":
-        from medfedpure.federated.task import calibrate_hospital
+        from medfedpure.federated.task import calibrate_hospital, calibration_scans
 
         data = hospital_data(_data_path(context, cfg), hospital, cfg)
-        content["calibration"] = MetricRecord(calibrate_hospital(model, data.val_x, cfg, pick_device(cfg.get("device"))))
+        scans = calibration_scans(data, cfg)
+        content["calibration"] = MetricRecord(calibrate_hospital(model, scans, cfg, pick_device(cfg.get("device"))))
     content["metrics"] = MetricRecord({"hospital": hospital, "num-examples": len(msg.content.array_records)})
     return Message(content, reply_to=msg)

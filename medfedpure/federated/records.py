@@ -6,9 +6,24 @@ import json
 from pathlib import Path
 
 
+def portable(value):
+    """`value` with every absolute path replaced by its file name, recursively.
+
+    Records ship with the checkpoints: a training machine's directory layout is neither portable nor ours to
+    publish (the data's identity is in the split's sha256, not in where it lay).
+    """
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and (value.startswith(("/", "~")) or value[1:3] in (":\\", ":/")):
+        return Path(value.replace("\\", "/")).name
+    return value
+
+
 def save_history(out_dir: Path, records: list[dict], kind: str, summary: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "history.json").write_text(json.dumps({"summary": summary, "records": records}, indent=1,
+    (out_dir / "history.json").write_text(json.dumps({"summary": portable(summary), "records": records}, indent=1,
                                                       sort_keys=True, default=float) + "\n")
     plot_history(records, out_dir / ("accuracy_per_round.png" if kind == "classifier" else "loss_per_round.png"),
                  metric="val-accuracy" if kind == "classifier" else "val-loss")

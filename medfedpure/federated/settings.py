@@ -33,6 +33,7 @@ PER_MODEL = {
     "mae": {
         "num-rounds": 12, "local-epochs": 4, "lr": 1.5e-3, "batch-size": 32,
         "target-fpr": 0.05, "score-repeats": 2, "score": "background_highpass", "score-mask-ratio": 0.75,  # see reports/detector_statistics.md
+        "calibration-scans": "train+val",  # val | train+val (model-free statistics only; see task.calibration_scans)
         "model-config": {"image_size": 128, "patch_size": 16, "embed_dim": 192, "depth": 6, "heads": 4,
                          "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_ratio": 0.75},
     },

@@ -85,6 +85,26 @@ def detector_scores(mae: MaskedAutoencoder, images: torch.Tensor, repeats: int, 
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
+def calibration_scans(data: HospitalData, cfg: dict) -> torch.Tensor:
+    """The clean scans a hospital calibrates its threshold on (setting `calibration-scans`).
+
+    "val": its held-out validation scans. "train+val": all its clean scans, allowed only for a statistic that
+    does not read the trained MAE. Why it matters: a hospital's validation scans come from a few duplicate
+    groups, so their 95th percentile misses much of the hospital's spread (see the README, "Detector score").
+    """
+    which = str(cfg.get("calibration-scans", "val"))
+    if which == "val":
+        return data.val_x
+    if which == "train+val":
+        statistic = str(cfg.get("score", "mean_abs_error"))
+        if statistic not in detector.MODEL_FREE_STATISTICS:
+            raise ValueError(f"calibration-scans=train+val needs a statistic that does not read the trained MAE "
+                             f"({', '.join(detector.MODEL_FREE_STATISTICS)}); {statistic!r} fits its training "
+                             f"scans, so calibrate it on val")
+        return torch.cat([data.train_x, data.val_x])
+    raise ValueError(f"unknown calibration-scans {which!r}; choose val or train+val")
+
+
 def calibrate_hospital(mae: MaskedAutoencoder, val_x: torch.Tensor, cfg: dict, device) -> dict:
     ratio = float(cfg["score-mask-ratio"]) if cfg.get("score-mask-ratio") else None
     scores = detector_scores(mae, val_x, int(cfg.get("score-repeats", 2)), int(cfg.get("seed", 0)), device,
@@ -95,6 +115,6 @@ def calibrate_hospital(mae: MaskedAutoencoder, val_x: torch.Tensor, cfg: dict, d
     return {
         "threshold": threshold,
         "scale": max(threshold - median, 1e-6),
-        "val-n": int(len(scores)),
+        "val-n": int(len(scores)),  # scans it was calibrated on (see calibration-scans)
         "quantiles": [float(q) for q in np.quantile(scores, np.linspace(0, 1, 21))],
     }
