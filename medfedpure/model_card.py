@@ -64,8 +64,9 @@ def _results_table(results_dir: Path | None) -> str:
 
 def _calibration_scans_phrase(det: dict) -> str:
     if det.get("calibration_scans") == "train+val":
-        return "all its own clean scans (training and validation; the score does not read the trained MAE)"
-    return "its own clean validation scans"
+        return ("each hospital's own clean scans, training and validation alike (the score does not read the "
+                "trained MAE)")
+    return "each hospital's own clean validation scans"
 
 
 def _recalibration_note(training: dict, score: str) -> str:
