@@ -72,8 +72,10 @@ def main(argv=None) -> int:
     out.write_text(
         "# Centralised ceiling (not federated)\n\n"
         f"Command: `python scripts/centralised_ceiling.py --cache {args.cache} --epochs {args.epochs} "
-        f"--class-balance {args.class_balance}`; model config `{json.dumps(config)}`; seed {args.seed}; "
-        f"{seconds / 60:.1f} min on this CPU ({args.threads} threads).\n\n"
+        f"--class-balance {args.class_balance} --threads {args.threads}"
+        + (f" --model-config '{args.model_config}'" if json.loads(args.model_config) else "")
+        + f" --out {args.out}`; model config `{json.dumps(config)}`; seed {args.seed}; "
+        f"{seconds / 60:.1f} min on this CPU ({args.threads} torch threads).\n\n"
         f"All {len(train_x)} training scans ({groups['train']} near-duplicate groups) pooled in one place, the same "
         f"augmentation, optimiser and cosine schedule as a federated round's local training. Validation: "
         f"{len(val_x)} scans ({groups['val']} groups); test: {len(test_x)} scans ({groups['test']} groups), sharing no "

@@ -1,0 +1,38 @@
+"""Helpers of the evidence scripts in scripts/ (the scripts themselves need the full data set)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibration_folds_keep_near_duplicate_groups_whole():
+    check = _load("calibration_check")
+    groups = np.repeat(np.arange(23), np.arange(1, 24))  # 23 groups of 1..23 scans
+    folds = check.group_folds(groups, 5, seed=0)
+    assert len(folds) == 5
+    assert np.array_equal(np.sum(folds, axis=0), np.ones(len(groups)))  # every scan in exactly one fold
+    for fold in folds:
+        inside = set(groups[fold])
+        assert inside and not inside & set(groups[~fold])  # no group split across folds
+
+
+def test_model_free_score_rises_with_noise_in_the_background():
+    check = _load("calibration_check")
+    from medfedpure.io import read_scan
+
+    scan = read_scan(ROOT / "assets" / "examples" / "y1349.jpg", size=128).image  # float in [0, 1]
+    clean = (scan * 255).astype(np.uint8)[None]
+    noise = np.random.default_rng(0).choice([-4, 4], size=clean.shape)
+    noisy = np.clip(clean.astype(int) + noise, 0, 255).astype(np.uint8)
+    s = check.model_free_scores(np.concatenate([clean, noisy]), "background_highpass")
+    assert s[1] > s[0] + 0.005
