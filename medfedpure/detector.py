@@ -98,10 +98,10 @@ def score_scans(mae: MaskedAutoencoder, x: torch.Tensor, keep_sets: torch.Tensor
 
 
 def calibrate_threshold(clean_scores: np.ndarray, target_fpr: float = 0.05) -> float:
-    """The score that at most `target_fpr` of a hospital's own clean validation scans exceed."""
+    """The score that at most `target_fpr` of a hospital's own clean calibration scans exceed."""
     scores = np.sort(np.asarray(clean_scores, dtype=np.float64))
     if scores.size == 0:
-        raise ValueError("cannot calibrate a threshold without clean validation scans")
+        raise ValueError("cannot calibrate a threshold without clean calibration scans")
     # Smallest threshold with (#scores > thr) / n <= target_fpr: the ceil(n (1 - fpr))-th order statistic.
     k = int(np.ceil(scores.size * (1 - target_fpr))) - 1
     return float(scores[min(max(k, 0), scores.size - 1)])

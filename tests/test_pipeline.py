@@ -111,3 +111,18 @@ def test_analyze_cli_json_and_exit_codes(model_dir, tmp_path, capsys):
             assert key in r
         assert r["flagged"] == (r["detector_score"] > r["threshold"])
     assert main(["analyze", files[0], "--model", str(model_dir), "--json", "--device", "cpu"]) == 0
+
+
+@pytest.mark.skipif(not REAL, reason="needs the bundled checkpoints")
+def test_shipped_thresholds_keep_false_positives_on_clean_test_scans_near_target(pipe, br35h_dir):
+    """The detector's quality bar, through the pipeline's own scoring: at most 5% of clean test scans flagged
+    (mean over the hospitals' thresholds), and no hospital far off its 5% target."""
+    from medfedpure.data import load_split_scans
+
+    cache = load_split_scans(br35h_dir, BUNDLED_DIR / "split.csv", "test")
+    x = torch.from_numpy(cache.images.astype(np.float32) / 255.0).unsqueeze(1)
+    with torch.no_grad():
+        scores = torch.cat([pipe.detect(x[i:i + 100])[2] for i in range(0, len(x), 100)]).numpy()
+    fprs = [float((scores > pipe.threshold(h)).mean()) for h in pipe.hospitals]
+    assert np.mean(fprs) <= 0.05, fprs
+    assert max(fprs) <= 0.15, fprs
