@@ -31,11 +31,9 @@ def _copy_file(src: Path, dst: Path) -> None:
     """Plots as they are; JSON records and configs without the training machine's absolute paths."""
     if src.suffix == ".json":
         data = json.loads(src.read_text())
-        if src.name == "history.json":
-            dst.write_text(json.dumps(portable(data), indent=1, sort_keys=True) + "\n")
-            return
-        if portable(data) != data:
-            dst.write_text(json.dumps(portable(data), indent=2, sort_keys=True) + "\n")
+        clean = portable(data)
+        if clean != data:  # same layout as the writers: history.json indent 1, configs indent 2
+            dst.write_text(json.dumps(clean, indent=1 if src.name == "history.json" else 2, sort_keys=True) + "\n")
             return
     shutil.copyfile(src, dst)
 

@@ -24,11 +24,6 @@ from medfedpure.federated import steps
 from medfedpure.federated.task import build_model
 
 
-def _scans(cache, mask):
-    x = torch.from_numpy(cache.images[mask].astype(np.float32) / 255.0).unsqueeze(1)
-    return x, torch.from_numpy(cache.labels[mask].astype(np.int64))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default=".cache/br35h-128.npz", help="preprocessed cache (`medfedpure data cache`)")
@@ -45,9 +40,9 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
 
     cache = load_cache(args.cache)
-    train_x, train_y = _scans(cache, cache.split == "train")
-    val_x, val_y = _scans(cache, cache.split == "val")
-    test_x, test_y = _scans(cache, cache.split == "test")
+    train_x, train_y = cache.select("train")
+    val_x, val_y = cache.select("val")
+    test_x, test_y = cache.select("test")
     # One global model, as the FedAvg baseline: the mixture with a single expert.
     config = {**run_settings.resolve("classifier", {"mode": "fedavg"})["model-config"], **json.loads(args.model_config)}
     model = build_model("classifier", config)

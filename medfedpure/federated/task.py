@@ -47,19 +47,12 @@ def _cache(path: str):
     return load_cache(path)
 
 
-def _select(cache, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(cache.images[mask].astype(np.float32) / 255.0).unsqueeze(1)
-    y = torch.from_numpy(cache.labels[mask].astype(np.int64))
-    return x, y
-
-
 def hospital_data(path: str, hospital: int, cfg: dict, with_test: bool = False) -> HospitalData:
     if not path:
         raise ValueError("no data-path: start the SuperNode with --node-config \"data-path=... hospital=N\"")
     cache = _cache(path)
-    mine = cache.hospital == hospital
-    train_x, train_y = _select(cache, mine & (cache.split == "train"))
-    val_x, val_y = _select(cache, mine & (cache.split == "val"))
+    train_x, train_y = cache.select("train", hospital)
+    val_x, val_y = cache.select("val", hospital)
     if cfg.get("shift"):
         from medfedpure.data import apply_acquisition_shift, hospital_shift
 
@@ -69,7 +62,7 @@ def hospital_data(path: str, hospital: int, cfg: dict, with_test: bool = False) 
         val_x = torch.as_tensor(apply_acquisition_shift(val_x.numpy(), params, gen))
     data = HospitalData(train_x, train_y, val_x, val_y)
     if with_test:
-        data.test_x, data.test_y = _select(cache, cache.split == "test")
+        data.test_x, data.test_y = cache.select("test")
     return data
 
 
@@ -105,9 +98,9 @@ def calibration_scans(data: HospitalData, cfg: dict) -> torch.Tensor:
     raise ValueError(f"unknown calibration-scans {which!r}; choose val or train+val")
 
 
-def calibrate_hospital(mae: MaskedAutoencoder, val_x: torch.Tensor, cfg: dict, device) -> dict:
+def calibrate_hospital(mae: MaskedAutoencoder, scans: torch.Tensor, cfg: dict, device) -> dict:
     ratio = float(cfg["score-mask-ratio"]) if cfg.get("score-mask-ratio") else None
-    scores = detector_scores(mae, val_x, int(cfg.get("score-repeats", 2)), int(cfg.get("seed", 0)), device,
+    scores = detector_scores(mae, scans, int(cfg.get("score-repeats", 2)), int(cfg.get("seed", 0)), device,
                              statistic=str(cfg.get("score", "mean_abs_error")), mask_ratio=ratio)
     fpr = float(cfg.get("target-fpr", 0.05))
     threshold = detector.calibrate_threshold(scores, fpr)
