@@ -39,6 +39,7 @@ from medfedpure.config import (
     DEFAULT_HOSPITALS,
     DEFAULT_SEED,
     IMAGE_SIZE,
+    TUMOUR_TYPES,
     UNLABELLED_DIRS,
 )
 
@@ -49,10 +50,13 @@ __all__ = [
     "CheckReport", "parse_classes", "class_names_for", "list_labelled", "list_unlabelled", "read_folder",
     "find_duplicate_groups", "make_split", "hospital_shift", "apply_acquisition_shift", "split_folder",
     "write_split", "read_split", "read_split_meta", "split_sha256", "build_cache", "load_cache",
-    "load_split_scans", "check_folder", "file_sha256",
+    "load_split_scans", "check_folder", "file_sha256", "SOURCE_COLUMNS", "tumour_type_index",
 ]  # fmt: skip
 
 SPLIT_COLUMNS = ("path", "sha256", "label", "split", "hospital", "group")
+# Multi-source splits (`medfedpure.sources`) add where each scan came from and its tumour type ("" = unknown
+# or no tumour). Single-folder splits keep the six columns above, so older split files still read.
+SOURCE_COLUMNS = SPLIT_COLUMNS + ("source", "site", "tumour_type")
 SPLITS = ("train", "val", "test")
 # Near-duplicate thresholds (Pearson correlation of 32x32 thumbnails). On Br35H every pair of DUPLICATES.tsv
 # lies above them while the most similar tumour/no-tumour pair scores 0.936 (padded) / 0.933 (cropped).
@@ -590,16 +594,21 @@ class SplitRow:
     split: str  # train / val / test
     hospital: int  # -1 for test
     group: int
+    source: str = ""  # source name (multi-source splits), "" for a single folder
+    site: str = ""  # acquisition site within the source when known (TCGA: DU, HT), else ""
+    tumour_type: str = ""  # glioma / meningioma / pituitary where the source says, else ""
 
 
 def write_split(rows: Iterable[SplitRow], csv_path) -> str:
     """Write the split CSV (sorted by path, `\\n` line endings, ints only) and return its sha256."""
     rows = sorted(rows, key=lambda r: r.path)
+    multi = any(r.source for r in rows)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(SPLIT_COLUMNS)
+    w.writerow(SOURCE_COLUMNS if multi else SPLIT_COLUMNS)
     for r in rows:
-        w.writerow([r.path, r.sha256, int(r.label), r.split, int(r.hospital), int(r.group)])
+        cells = [r.path, r.sha256, int(r.label), r.split, int(r.hospital), int(r.group)]
+        w.writerow(cells + [r.source, r.site, r.tumour_type] if multi else cells)
     data = buf.getvalue().encode("utf-8")
     Path(csv_path).write_bytes(data)
     return hashlib.sha256(data).hexdigest()
@@ -619,17 +628,19 @@ def read_split(csv_path) -> list[SplitRow]:
         raise DataError(f"split file not found: {csv_path}") from None
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != SPLIT_COLUMNS:
-        raise DataError(f"{csv_path.name}: not a split file; the header must be {','.join(SPLIT_COLUMNS)}")
+    columns = None if header is None else tuple(h.strip() for h in header)
+    if columns not in (SPLIT_COLUMNS, SOURCE_COLUMNS):
+        raise DataError(f"{csv_path.name}: not a split file; the header must be {','.join(SPLIT_COLUMNS)} "
+                        f"(optionally followed by ,{','.join(SOURCE_COLUMNS[len(SPLIT_COLUMNS):])})")
     rows, seen = [], set()
     for lineno, cells in enumerate(reader, start=2):
         if not cells:
             continue
         try:
-            if len(cells) != len(SPLIT_COLUMNS):
-                raise ValueError(f"{len(cells)} columns instead of {len(SPLIT_COLUMNS)}")
-            path, sha, label, split, hospital, group = (c.strip() for c in cells)
-            row = SplitRow(path, sha.lower(), int(label), split, int(hospital), int(group))
+            if len(cells) != len(columns):
+                raise ValueError(f"{len(cells)} columns instead of {len(columns)}")
+            path, sha, label, split, hospital, group, *extra = (c.strip() for c in cells)
+            row = SplitRow(path, sha.lower(), int(label), split, int(hospital), int(group), *extra)
             if split not in SPLITS:
                 raise ValueError(f"split {split!r} is not one of {', '.join(SPLITS)}")
             if len(row.sha256) != 64 or any(ch not in "0123456789abcdef" for ch in row.sha256):
@@ -784,6 +795,15 @@ class Cache:
     group: np.ndarray  # int64 (N,)
     split_sha256: str  # sha256 of the split CSV the cache was built from
     size: int
+    source: np.ndarray | None = None  # str (N,): source name ("" for single-folder splits)
+    tumour_type: np.ndarray | None = None  # int64 (N,): index into TUMOUR_TYPES, -1 unknown or no tumour
+
+    def __post_init__(self):
+        n = len(self.labels)
+        if self.source is None:
+            self.source = np.full(n, "", dtype="<U1")
+        if self.tumour_type is None:
+            self.tumour_type = np.full(n, -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -808,7 +828,8 @@ class Cache:
     def subset(self, split=None, hospital=None) -> Cache:
         m = self.mask(split, hospital)
         return Cache(self.images[m], self.labels[m], self.paths[m], self.sha256[m], self.split[m],
-                     self.hospital[m], self.group[m], self.split_sha256, self.size)  # fmt: skip
+                     self.hospital[m], self.group[m], self.split_sha256, self.size, self.source[m],
+                     self.tumour_type[m])  # fmt: skip
 
     def select(self, split=None, hospital=None):
         """-> (images float32 tensor (N, 1, H, W) in [0, 1], labels int64 tensor (N,))."""
@@ -825,6 +846,15 @@ class Cache:
             d = out.setdefault(s, {}).setdefault(int(h), {})
             d[int(y)] = d.get(int(y), 0) + 1
         return out
+
+
+def tumour_type_index(name: str) -> int:
+    """"glioma" -> 0 ... (TUMOUR_TYPES order); "" (unknown, or no tumour) -> -1."""
+    if not name:
+        return -1
+    if name not in TUMOUR_TYPES:
+        raise DataError(f"unknown tumour type {name!r}; expected one of {', '.join(TUMOUR_TYPES)}")
+    return TUMOUR_TYPES.index(name)
 
 
 def _load_rows(root, rows: Sequence[SplitRow], size: int, split_digest: str) -> Cache:
@@ -853,6 +883,8 @@ def _load_rows(root, rows: Sequence[SplitRow], size: int, split_digest: str) -> 
         group=np.array([r.group for r in rows], dtype=np.int64),
         split_sha256=split_digest,
         size=int(size),
+        source=np.array([r.source for r in rows], dtype=str),
+        tumour_type=np.array([tumour_type_index(r.tumour_type) for r in rows], dtype=np.int64),
     )
 
 
@@ -901,7 +933,8 @@ def build_cache(root, split_csv, out_path, size: int = IMAGE_SIZE) -> Cache:
         "images": cache.images, "labels": cache.labels, "paths": cache.paths, "sha256": cache.sha256,
         "split": cache.split, "hospital": cache.hospital, "group": cache.group,
         "split_sha256": np.array(cache.split_sha256), "size": np.array(cache.size, dtype=np.int64),
-        "format": np.array(_CACHE_FORMAT, dtype=np.int64),
+        "format": np.array(_CACHE_FORMAT, dtype=np.int64), "source": cache.source,
+        "tumour_type": cache.tumour_type,
     })  # fmt: skip
     return cache
 
@@ -915,6 +948,8 @@ def load_cache(path, split_csv=None) -> Cache:
                 images=z["images"], labels=z["labels"].astype(np.int64), paths=z["paths"], sha256=z["sha256"],
                 split=z["split"], hospital=z["hospital"].astype(np.int64), group=z["group"].astype(np.int64),
                 split_sha256=str(z["split_sha256"]), size=int(z["size"]),
+                source=z["source"] if "source" in z.files else None,
+                tumour_type=z["tumour_type"].astype(np.int64) if "tumour_type" in z.files else None,
             )  # fmt: skip
     except FileNotFoundError:
         raise DataError(f"cache file not found: {path}") from None

@@ -48,12 +48,22 @@ class ScanResult:
     purified_prediction: str | None
     final_prediction: str
     timings_ms: dict = field(default_factory=dict)
+    # Tumour type of the scan the final answer was read from (None when the model has no type head): which of
+    # TUMOUR_TYPES it looks like, *if* it is a tumour. Shown beside the decision, never instead of it.
+    tumour_type: str | None = None
+    tumour_type_probabilities: dict[str, float] | None = None
+    # Out-of-distribution check (None when the model ships without one): False means the scan is unlike every
+    # training scan (blank, noise, a photograph, another body part) and no diagnosis should be read from it.
+    in_distribution: bool | None = None
+    ood_score: float | None = None
+    ood_threshold: float | None = None
 
     def summary(self) -> dict:
         """JSON-ready, no images."""
         keep = ("name", "hospital", "score", "threshold", "flagged", "t_star", "probabilities",
                 "purified_probabilities", "final_probabilities", "prediction", "purified_prediction",
-                "final_prediction", "timings_ms")
+                "final_prediction", "tumour_type", "tumour_type_probabilities", "in_distribution", "ood_score",
+                "ood_threshold", "timings_ms")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -112,6 +122,7 @@ class MedFedPure:
         self.t_min, self.t_max = int(purification["t_min"]), int(purification["t_max"])
         self.ddim_steps = int(purification["ddim_steps"])
         self.class_names = list(getattr(classifier, "class_names", ["no_tumour", "tumour"]))
+        self.tumour_types = list(getattr(classifier, "tumour_types", []) or [])
         self.source_description = source_description
         for module in (self.classifier, self.mae, self.purifier):
             module.requires_grad_(False)
@@ -223,6 +234,7 @@ class MedFedPure:
             probs_after = probs.clone()
             probs_after[todo] = model(purified[todo]).exp()
             timings["classify_purified"] = clock.lap()
+        type_probs = self.tumour_type_probabilities(purified if purified is not None else x, hospital)
         n = x.shape[0]
         total = sum(timings.values())
         results = []
@@ -240,8 +252,24 @@ class MedFedPure:
                 probabilities=p_before, purified_probabilities=p_after, final_probabilities=final,
                 prediction=self.class_names[int(np.argmax(p_before))],
                 purified_prediction=self.class_names[int(np.argmax(p_after))] if was_purified else None,
-                final_prediction=self.class_names[int(np.argmax(final))], timings_ms=per_scan))
+                final_prediction=self.class_names[int(np.argmax(final))], timings_ms=per_scan,
+                **self._type_fields(type_probs, i)))
         return AnalysisResult(results, str(self.device), {k: round(v, 2) for k, v in timings.items()})
+
+
+    def tumour_type_probabilities(self, x: torch.Tensor, hospital: int) -> torch.Tensor | None:
+        """(N, T) probabilities over the model's tumour types, or None for a model without a type head."""
+        if not self.tumour_types:
+            return None
+        logp = self.classifier_for(hospital).tumour_type_log_proba(x)
+        return None if logp is None else logp.exp()
+
+    def _type_fields(self, type_probs: torch.Tensor | None, i: int) -> dict:
+        if type_probs is None:
+            return {}
+        p = type_probs[i].tolist()
+        return {"tumour_type": self.tumour_types[int(np.argmax(p))],
+                "tumour_type_probabilities": {t: float(v) for t, v in zip(self.tumour_types, p)}}
 
 
 class _Clock:
@@ -264,7 +292,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 # --------------------------------------------------------------------------------------- loaders
 def load_classifier(folder: Path):
     state, config = load_weights(folder)
-    arch = ("num_classes", "num_experts", "width", "gate_width", "expert_type", "norm")
+    arch = ("num_classes", "num_experts", "width", "gate_width", "expert_type", "norm", "num_types", "input_norm")
     model = MixtureOfExpertsClassifier(**{k: config[k] for k in arch if k in config})
     shared = {k: v for k, v in state.items() if not k.startswith("gates.")}
     missing, unexpected = model.load_state_dict(shared, strict=False)
@@ -277,6 +305,7 @@ def load_classifier(folder: Path):
         prefix = f"gates.{h}."
         gate.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         gates[int(h)] = gate
+    model.tumour_types = list(config.get("tumour_types", [])) if config.get("num_types") else []
     return model.float(), gates, config.get("class_names", ["no_tumour", "tumour"])
 
 

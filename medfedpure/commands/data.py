@@ -56,6 +56,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="record a per-hospital acquisition shift (contrast, gamma, noise, blur) in the .json")
     p.add_argument("--size", type=int, default=IMAGE_SIZE, metavar="N",
                    help=f"image side used to find duplicates (default {IMAGE_SIZE})")
+    _source_args(p)
+    p.add_argument("--hold-out", action="append", default=[], metavar="SOURCE:SITE",
+                   help="with --sources: put every scan of this site in the test split, in no hospital "
+                        "(leave-one-site-out), e.g. tcga_lgg_flair:HT")
     p.set_defaults(run=run_split)
 
     c = sub.add_parser("check", help="report unreadable files, duplicate groups and class counts",
@@ -64,6 +68,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     c.add_argument("--data", type=Path, required=True, metavar="DIR", help="the scan folder")
     c.add_argument("--classes", default=None, metavar="MAP", help=classes_help)
     c.add_argument("--size", type=int, default=IMAGE_SIZE, metavar="N", help=f"image side (default {IMAGE_SIZE})")
+    _source_args(c)
     c.set_defaults(run=run_check)
 
     k = sub.add_parser("cache", help="save the preprocessed scans of a split as a compressed .npz",
@@ -75,6 +80,41 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     k.add_argument("--size", type=int, default=IMAGE_SIZE, metavar="N", help=f"image side (default {IMAGE_SIZE})")
     k.set_defaults(run=run_cache)
     return parser
+
+
+def _source_args(p) -> None:
+    p.add_argument("--sources", type=Path, default=None, metavar="FILE",
+                   help="several sources under --data, declared in FILE (the shipped models: sources.toml); "
+                        "without it --data is one folder with one sub-folder per class")
+    p.add_argument("--source", action="append", default=[], metavar="NAME",
+                   help="with --sources: use only this source (repeatable; default: all declared)")
+
+
+def _load_sources(args):
+    from medfedpure.sources import load_sources
+
+    return load_sources(args.sources, args.source or None)
+
+
+def format_source_counts(meta: dict) -> str:
+    """Counts per source x split x class, then per hospital (train / val per source and class)."""
+    sc = meta["source_counts"]
+    lines = [f"{'source':<20}{'split':<7}{'no_tumour':>10}{'tumour':>8}"]
+    for src, splits in sc["source"].items():
+        for split in ("train", "val", "test"):
+            c = splits.get(split, {})
+            lines.append(f"{src:<20}{split:<7}{c.get('no_tumour', 0):>10}{c.get('tumour', 0):>8}")
+    lines += ["", f"{'hospital':<9}{'source':<20}{'train no/yes':>14}{'val no/yes':>12}"]
+    for h, by_src in sc["hospital"].items():
+        for src, splits in by_src.items():
+            tr, va = splits.get("train", {}), splits.get("val", {})
+            lines.append(f"{h:<9}{src:<20}{tr.get('no_tumour', 0):>7}/{tr.get('tumour', 0):<6}"
+                         f"{va.get('no_tumour', 0):>6}/{va.get('tumour', 0):<5}")
+    if sc.get("tumour_type"):
+        lines.append("")
+        lines.append("tumour types: " + "; ".join(f"{s} " + ", ".join(f"{k} {v}" for k, v in sorted(t.items()))
+                                                  for s, t in sc["tumour_type"].items()))
+    return "\n".join(lines)
 
 
 def _classes(args) -> dict[str, int]:
@@ -109,9 +149,35 @@ def format_counts(meta: dict) -> str:
     return "\n".join(lines)
 
 
+def run_split_sources(args: argparse.Namespace) -> int:
+    from medfedpure.data import DataError
+    from medfedpure.sources import parse_hold_out, split_sources
+
+    try:
+        res = split_sources(
+            args.data, _load_sources(args), args.out, seed=args.seed, hospitals=args.hospitals, alpha=args.alpha,
+            test_fraction=args.test_fraction, val_fraction=args.val_fraction, min_train=args.min_train,
+            min_val=args.min_val, threshold=args.threshold, crop_threshold=args.crop_threshold,
+            hold_out=parse_hold_out(args.hold_out), size=args.size,
+        )  # fmt: skip
+    except (DataError, ValueError) as exc:
+        return _error(str(exc))
+    d = res.meta["duplicates"]
+    print(f"{len(res.rows)} labelled scans from {len(res.meta['sources'])} sources in {d['groups']} groups "
+          f"({d['computed_links']} copy links found by pixels, {d['table_links']} from duplicate tables, "
+          f"{d['cross_source_groups']} groups across sources); {res.meta['hospitals']} hospitals")
+    print(format_source_counts(res.meta))
+    print(f"wrote {res.csv_path} (sha256 {res.meta['csv_sha256'][:16]}...) and {res.json_path.name}")
+    return 0
+
+
 def run_split(args: argparse.Namespace) -> int:
     from medfedpure.data import DataError, split_folder
 
+    if args.sources is not None:
+        return run_split_sources(args)
+    if args.hold_out or args.source:
+        return _error("--hold-out and --source need --sources FILE")
     try:
         classes = _classes(args)
         res = split_folder(
@@ -130,9 +196,35 @@ def run_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_check_sources(args: argparse.Namespace) -> int:
+    from medfedpure.data import DataError
+    from medfedpure.sources import check_sources
+
+    try:
+        rep = check_sources(args.data, _load_sources(args), size=args.size)
+    except (DataError, ValueError) as exc:
+        return _error(str(exc))
+    for msg in rep.errors.values():
+        print(f"unreadable: {msg}")
+    for src, counts in rep.counts.items():
+        print(f"{src}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"{rep.n_files} files in {rep.groups} groups; {len(rep.cross_source_groups)} groups hold copies across "
+          f"sources")
+    for group in rep.cross_source_groups[:20]:
+        print(f"copies across sources: {', '.join(group[:6])}" + (" ..." if len(group) > 6 else ""))
+    for group in rep.mixed_label_groups[:20]:
+        print(f"label conflict: {', '.join(group[:6])}" + (" ..." if len(group) > 6 else ""))
+    if rep.errors:
+        print(f"{len(rep.errors)} of {rep.n_files} file(s) cannot be read", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run_check(args: argparse.Namespace) -> int:
     from medfedpure.data import DataError, check_folder
 
+    if args.sources is not None:
+        return run_check_sources(args)
     try:
         rep = check_folder(args.data, _classes(args), size=args.size)
     except (DataError, ValueError) as exc:

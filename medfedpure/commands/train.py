@@ -13,8 +13,10 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                               "(one virtual SuperNode per hospital); the same ClientApp/ServerApp run on the "
                               "deployment engine (see README).")
     p.add_argument("model", choices=["classifier", "mae", "purifier", "all"])
-    p.add_argument("--data", required=True, help="scan folder (Br35H layout: yes/, no/)")
-    p.add_argument("--split", help="split CSV (default: pretrained/split.csv when present, else a new split)")
+    p.add_argument("--data", required=True, help="scan folder (Br35H layout: yes/, no/), or with --sources the "
+                   "folder that holds the declared sources")
+    p.add_argument("--sources", help="sources declaration (TOML; the shipped models: sources.toml)")
+    p.add_argument("--split", help="split CSV (default: a new group-aware split of --data, written under .cache/)")
     p.add_argument("--cache", help="preprocessed cache .npz (built from --data and the split when missing)")
     p.add_argument("--out", default="runs", help="output folder; each model goes to OUT/<model>/ (default: runs)")
     p.add_argument("--rounds", type=int, help="federated rounds (default per model)")
@@ -36,17 +38,36 @@ def _parse_value(text: str):
         return text
 
 
-def prepare_data(data: str, split: str | None, cache: str | None, seed: int) -> tuple[Path, Path]:
-    """The split CSV and its preprocessed cache, creating either when missing."""
-    from medfedpure import data as datamod
-    from medfedpure.hub import BUNDLED_DIR
+def default_split_path(data: str, sources: str | None, seed: int) -> Path:
+    """Where a split made for this data folder (and sources file) lives: one per folder, never another's."""
+    import hashlib
 
-    split_path = Path(split) if split else BUNDLED_DIR / "split.csv"
+    key = str(Path(data).resolve())
+    if sources:
+        key += "|" + Path(sources).read_text(encoding="utf-8")
+    return DEFAULT_CACHE_DIR / f"split-{hashlib.sha256(key.encode()).hexdigest()[:12]}-seed{seed}.csv"
+
+
+def prepare_data(data: str, split: str | None, cache: str | None, seed: int,
+                 sources: str | None = None) -> tuple[Path, Path]:
+    """The split CSV and its preprocessed cache, creating either when missing.
+
+    Without `split`, the split is made of `data` itself (a new user's own folder gets a split of that folder).
+    """
+    from medfedpure import data as datamod
+
+    split_path = Path(split) if split else default_split_path(data, sources, seed)
+    if split and not split_path.exists():
+        raise datamod.DataError(f"split file not found: {split_path}")
     if not split_path.exists():
-        split_path = DEFAULT_CACHE_DIR / f"split-seed{seed}.csv"
-        if not split_path.exists():
-            split_path.parent.mkdir(parents=True, exist_ok=True)
-            datamod.write_split(datamod.make_split(data, seed=seed), split_path)
+        split_path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"making a group-aware split of {data} -> {split_path} ...", flush=True)
+        if sources:
+            from medfedpure.sources import load_sources, split_sources
+
+            split_sources(data, load_sources(sources), split_path, seed=seed)
+        else:
+            datamod.split_folder(data, split_path, seed=seed)
     cache_path = Path(cache) if cache else DEFAULT_CACHE_DIR / f"cache-{datamod.split_sha256(split_path)[:12]}.npz"
     if not cache_path.exists():
         cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,12 +76,24 @@ def prepare_data(data: str, split: str | None, cache: str | None, seed: int) -> 
     return split_path, cache_path
 
 
+def split_hospitals(split_path: Path) -> int:
+    from medfedpure.data import read_split
+
+    return max(r.hospital for r in read_split(split_path)) + 1
+
+
 def run(args) -> int:
+    from medfedpure.data import DataError
+    from medfedpure.federated import settings as run_settings
     from medfedpure.federated.simulation import simulate
 
-    split_path, cache_path = prepare_data(args.data, args.split, args.cache, args.seed)
+    try:
+        split_path, cache_path = prepare_data(args.data, args.split, args.cache, args.seed, args.sources)
+    except DataError as exc:
+        print(f"error: {exc}", flush=True)
+        return 2
     overrides: dict = {"data-path": str(cache_path.resolve()), "out-dir": args.out, "seed": args.seed,
-                       "device": args.device}
+                       "device": args.device, "num-hospitals": split_hospitals(split_path)}
     if args.rounds is not None:
         overrides["num-rounds"] = args.rounds
     if args.local_epochs is not None:
@@ -71,6 +104,12 @@ def run(args) -> int:
         key, _, value = item.partition("=")
         overrides[key.strip()] = _parse_value(value)
     kinds = ["classifier", "mae", "purifier"] if args.model == "all" else [args.model]
+    try:
+        for kind in kinds:
+            run_settings.check_keys(kind, overrides)
+    except ValueError as exc:
+        print(f"error: {exc}", flush=True)
+        return 2
     for kind in kinds:
         extra = dict(overrides)
         if kind == "classifier" and args.mode:

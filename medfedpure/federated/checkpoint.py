@@ -20,7 +20,8 @@ def _hospital_of(reply: Message) -> int:
 
 
 def _training_summary(settings: dict, summary: dict) -> dict:
-    keep = ("seed", "num-rounds", "local-epochs", "lr", "batch-size", "num-hospitals", "mode", "class-balance", "shift")
+    keep = ("seed", "num-rounds", "local-epochs", "lr", "batch-size", "num-hospitals", "mode", "class-balance", "shift",
+            "augmentation", "type-weight")
     return {**{k: settings[k] for k in keep if k in settings}, "train_seconds": summary["train_seconds"],
             "engine": settings.get("engine", "flower-deployment")}
 
@@ -46,6 +47,7 @@ def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: l
                 state[f"gates.{h}.{key[len(GATE_PREFIX):]}"] = value
         config = {"model_type": "medfedpure-classifier", **settings["model-config"], "mode": settings["mode"],
                   "class_names": list(defaults.CLASS_NAMES), "image_size": defaults.IMAGE_SIZE,
+                  **({"tumour_types": list(defaults.TUMOUR_TYPES)} if settings["model-config"].get("num_types") else {}),
                   "hospitals": hospitals, "training": training}
         save_weights(out_dir, state, config)
     elif kind == "mae":

@@ -94,12 +94,19 @@ def train(msg: Message, context: Context) -> Message:
     seed = int(cfg.get("seed", 0)) * 1000 + int(cfg.get("server-round", 1)) * 17 + hospital
     kind = cfg["model"]
     if kind == "classifier":
-        weights = None
-        if cfg.get("class-balance", "none") == "balanced":
+        weights = sampling = None
+        balance = cfg["class-balance"]
+        if balance == "balanced":
             weights = steps.balanced_class_weights(data.train_y, int(cfg["model-config"].get("num_classes", 2)))
+        elif balance == "sampled":
+            sampling = steps.stratum_sampling_weights(data.train_y, data.train_sources)
+        elif balance != "none":
+            raise ValueError(f"unknown class-balance {balance!r}; choose sampled, balanced or none")
         metrics = steps.train_classifier(model, data.train_x, data.train_y, epochs=int(cfg["local-epochs"]),
                                          lr=_round_lr(cfg), batch_size=int(cfg["batch-size"]), seed=seed,
-                                         device=device, class_weights=weights)
+                                         device=device, class_weights=weights, sample_weights=sampling,
+                                         tumour_types=data.train_types, type_weight=float(cfg["type-weight"]),
+                                         augmentation=str(cfg["augmentation"]))
     elif kind == "mae":
         metrics = steps.train_mae(model, data.train_x, epochs=int(cfg["local-epochs"]), lr=_round_lr(cfg),
                                   batch_size=int(cfg["batch-size"]), seed=seed, device=device)
@@ -124,7 +131,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     out: dict = {"hospital": hospital, "num-examples": len(data.val_x)}
     if kind == "classifier":
         val = steps.evaluate_classifier(model, data.val_x, data.val_y, device=device)
-        out.update({"val-accuracy": val["accuracy"], "val-loss": val["loss"]})
+        out.update({"val-accuracy": val["accuracy"], "val-loss": val["loss"],
+                    "val-balanced-accuracy": val["balanced-accuracy"]})
         if cfg.get("eval-test") and data.test_x is not None and len(data.test_x):
             test = steps.evaluate_classifier(model, data.test_x, data.test_y, device=device)
             out.update({"test-accuracy": test["accuracy"], "test-n": test["num-examples"]})

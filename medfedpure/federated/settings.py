@@ -1,7 +1,11 @@
-"""Run settings for each federated job. `flwr run . --run-config 'k=v'` and the CLI override these."""
+"""Run settings for each federated job. `flwr run . --run-config 'k=v'` and the CLI override these.
+
+Every key has exactly one default, here; an unknown key is an error with a suggestion, never silently ignored.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
 
 COMMON = {
@@ -25,10 +29,14 @@ COMMON = {
 PER_MODEL = {
     "classifier": {
         "mode": "moe",        # moe (personalised) | fedavg (one global model) | local (no federation)
-        "class-balance": "balanced",  # balanced: each hospital weights its loss so both classes count equally | none
-        "num-rounds": 40, "local-epochs": 2, "lr": 1e-3, "batch-size": 32,
+        # sampled: each hospital draws its scans so that both classes, and within a class every source, count
+        # equally | balanced: loss weights so both classes count equally | none
+        "class-balance": "sampled",
+        "augmentation": "scanner",  # scanner: contrast, gamma, bias field, noise, blur, resolution, crops, restyle | mild
+        "type-weight": 0.5,   # weight of the tumour-type loss (scans whose source names the type)
+        "num-rounds": 20, "local-epochs": 2, "lr": 1e-3, "batch-size": 32,
         "model-config": {"num_classes": 2, "num_experts": 3, "width": 32, "gate_width": 16, "expert_type": "head",
-                         "norm": "group"},
+                         "norm": "group", "num_types": 3, "input_norm": "scan"},
     },
     "mae": {
         "num-rounds": 12, "local-epochs": 4, "lr": 1.5e-3, "batch-size": 32,
@@ -49,6 +57,7 @@ def resolve(kind: str, overrides: dict | None = None) -> dict:
     if kind not in PER_MODEL:
         raise ValueError(f"unknown model {kind!r}; choose from {sorted(PER_MODEL)}")
     settings = {**COMMON, **PER_MODEL[kind], "model": kind}
+    check_keys(kind, overrides or {})
     for key, value in (overrides or {}).items():
         if key == "model-config":
             value = json.loads(value) if isinstance(value, str) else value
@@ -58,3 +67,24 @@ def resolve(kind: str, overrides: dict | None = None) -> dict:
     if kind == "classifier" and settings["mode"] in ("fedavg", "local"):
         settings["model-config"] = {**settings["model-config"], "num_experts": 1}
     return settings
+
+
+# Keys that the engine sets itself (never from a user): accepted in overrides so saved settings round-trip.
+ENGINE_KEYS = {"model", "engine", "server-round", "eval-test", "num-rounds-total"}
+
+
+def known_keys(kind: str) -> set[str]:
+    return set(COMMON) | set(PER_MODEL[kind]) | ENGINE_KEYS
+
+
+def check_keys(kind: str, overrides: dict) -> None:
+    """Reject keys that no setting of `kind` has: `lrr=0.002` is a typo, not a new setting."""
+    known = known_keys(kind)
+    for key in overrides:
+        if key in known:
+            continue
+        other = [k for k, v in PER_MODEL.items() if k != kind and key in v]
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = (f"; did you mean {close[0]!r}?" if close else "") + (
+            f" ({key!r} is a setting of the {', '.join(other)} model)" if other else "")
+        raise ValueError(f"unknown {kind} setting {key!r}{hint}")

@@ -20,31 +20,97 @@ def batches(n: int, batch_size: int, generator: torch.Generator, shuffle: bool =
         yield order[i:i + batch_size]
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "mild") -> torch.Tensor:
     """Label-preserving scan augmentation: flips, small rotation/scale/shift, contrast/gamma, mild noise or blur.
 
     Noise and blur also make the classifier tolerant of the purifier's small reconstruction artefacts.
+    strength="scanner" widens every range and adds what differs between scanners and sources: a smooth bias
+    field, lower resolution, crops (zoom), and restyling to another scan's intensity histogram (so that one
+    source's look cannot stand for its class).
     """
+    wide = strength == "scanner"
     n = x.shape[0]
     r = lambda *s: torch.rand(*s, generator=generator)  # noqa: E731
+    if wide:
+        x = restyle(x, generator, p=0.3)
     flip = r(n) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     angle = (r(n) - 0.5) * (2 * math.pi * 15 / 360)
-    scale = 1 + (r(n) - 0.5) * 0.2
-    shift = (r(n, 2) - 0.5) * 0.1
+    scale = 1 + (r(n) - 0.5) * (0.4 if wide else 0.2)  # > 1 zooms out, < 1 crops into the scan
+    shift = (r(n, 2) - 0.5) * (0.16 if wide else 0.1)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
-    gamma = torch.exp((r(n) - 0.5) * 0.5).view(-1, 1, 1, 1)
-    contrast = (1 + (r(n) - 0.5) * 0.3).view(-1, 1, 1, 1)
+    if wide:
+        x = x * bias_field(n, x.shape[-1], generator)
+        lowres = (r(n) < 0.25).view(-1, 1, 1, 1)
+        side = int(x.shape[-1] * (0.4 + 0.4 * float(r(1))))
+        small = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        x = torch.where(lowres, F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False), x)
+    gamma = torch.exp((r(n) - 0.5) * (0.8 if wide else 0.5)).view(-1, 1, 1, 1)
+    contrast = (1 + (r(n) - 0.5) * (0.5 if wide else 0.3)).view(-1, 1, 1, 1)
     x = (x.clamp(0, 1) ** gamma) * contrast
     noisy = (r(n) < 0.3).view(-1, 1, 1, 1)
-    sigma = (r(n) * 0.03).view(-1, 1, 1, 1)
+    sigma = (r(n) * (0.04 if wide else 0.03)).view(-1, 1, 1, 1)
     x = torch.where(noisy, x + sigma * torch.randn(x.shape, generator=generator), x)
     blurred = (r(n) < 0.2).view(-1, 1, 1, 1)
     x = torch.where(blurred, F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1), x)
     return x.clamp(0, 1)
+
+
+def bias_field(n: int, size: int, generator: torch.Generator, strength: float = 0.3) -> torch.Tensor:
+    """(n, 1, size, size) smooth multiplicative fields in about [1 - strength, 1 + strength] (coil inhomogeneity)."""
+    coarse = 1 + strength * (2 * torch.rand(n, 1, 4, 4, generator=generator) - 1)
+    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True).clamp(0.5, 1.5)
+
+
+def restyle(x: torch.Tensor, generator: torch.Generator, p: float = 0.3, level: float = 0.02) -> torch.Tensor:
+    """With probability p per scan, map its head's intensities onto another scan's (histogram matching).
+
+    Only pixels above `level` (the head) are matched, by rank, to the quantiles of a random other scan of the
+    batch; the background stays black. Teaches the classifier that a source's intensity profile is not a label.
+    """
+    n = x.shape[0]
+    if n < 2:
+        return x
+    pick = torch.rand(n, generator=generator) < p
+    partner = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n
+    out = x.clone()
+    for i in torch.nonzero(pick).flatten().tolist():
+        a, b = x[i].flatten(), x[partner[i]].flatten()
+        fa, fb = a > level, b > level
+        if fa.sum() < 16 or fb.sum() < 16:
+            continue
+        ranks = torch.argsort(torch.argsort(a[fa])).float() / max(int(fa.sum()) - 1, 1)
+        ref = torch.sort(b[fb]).values
+        idx = (ranks * (len(ref) - 1)).round().long()
+        flat = out[i].flatten().clone()
+        flat[fa] = ref[idx]
+        out[i] = flat.view_as(out[i])
+    return out
+
+
+def stratum_sampling_weights(labels: torch.Tensor, sources: torch.Tensor | None = None,
+                             max_ratio: float = 10.0) -> torch.Tensor:
+    """Per-scan sampling weights: every class has the same total weight, and within a class every source.
+
+    A hospital whose scans are 80% tumour, or whose tumours all come from one source, then trains on both
+    classes and all its sources equally. Weights are capped at `max_ratio` times the mean, so one scan that is
+    alone in its class is not drawn for half of every batch.
+    """
+    labels = labels.long()
+    sources = torch.zeros_like(labels) if sources is None else sources.long()
+    w = torch.zeros(len(labels), dtype=torch.float64)
+    classes = torch.unique(labels)
+    for c in classes.tolist():
+        in_c = labels == c
+        srcs = torch.unique(sources[in_c])
+        for s in srcs.tolist():
+            m = in_c & (sources == s)
+            w[m] = 1.0 / (len(classes) * len(srcs) * int(m.sum()))
+    w = w / w.mean()
+    return w.clamp(max=max_ratio).float()
 
 
 def balanced_class_weights(labels: torch.Tensor, num_classes: int, max_weight: float = 10.0) -> torch.Tensor:
@@ -60,10 +126,15 @@ def balanced_class_weights(labels: torch.Tensor, num_classes: int, max_weight: f
 
 def train_classifier(model, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 1, lr: float = 1e-3,
                      batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
-                     weight_decay: float = 1e-4, class_weights: torch.Tensor | None = None) -> dict:
-    """Local training of the whole mixture (experts and gate). Returns mean loss, accuracy and example count.
+                     weight_decay: float = 1e-4, class_weights: torch.Tensor | None = None,
+                     sample_weights: torch.Tensor | None = None, tumour_types: torch.Tensor | None = None,
+                     type_weight: float = 0.5, augmentation: str = "mild") -> dict:
+    """Local training of the whole mixture (experts, gate, tumour-type head). Returns loss, accuracy, count.
 
-    `class_weights` (one per class) reweights the loss, e.g. `balanced_class_weights(labels, C)`.
+    `class_weights` (one per class) reweights the loss, e.g. `balanced_class_weights(labels, C)`;
+    `sample_weights` (one per scan) instead draws each epoch's scans with replacement in those proportions
+    (`stratum_sampling_weights`). `tumour_types` (index per scan, -1 where unknown) adds `type_weight` x the
+    type head's cross-entropy on the scans that have a type (partial labels).
     """
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
@@ -71,14 +142,25 @@ def train_classifier(model, images: torch.Tensor, labels: torch.Tensor, *, epoch
         class_weights = class_weights.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total, correct, loss_sum = 0, 0, 0.0
+    has_types = tumour_types is not None and getattr(model, "type_head", None) is not None
     for _ in range(epochs):
-        for idx in batches(len(images), batch_size, gen):
+        if sample_weights is not None:
+            drawn = torch.multinomial(sample_weights, len(images), replacement=True, generator=gen)
+            order = (drawn[i:i + batch_size] for i in range(0, len(drawn), batch_size))
+        else:
+            order = batches(len(images), batch_size, gen)
+        for idx in order:
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            x = augment(images[idx], gen).to(device)
+            x = augment(images[idx], gen, augmentation).to(device)
             y = labels[idx].to(device)
-            logp = model(x)
+            logp, type_logits = model.mixture_and_type(x, model.gate) if has_types else (model(x), None)
             loss = F.nll_loss(logp, y, weight=class_weights)
+            if type_logits is not None:
+                t = tumour_types[idx].to(device)
+                known = t >= 0
+                if known.any():
+                    loss = loss + type_weight * F.cross_entropy(type_logits[known], t[known])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -101,9 +183,12 @@ def evaluate_classifier(model, images: torch.Tensor, labels: torch.Tensor, *, ba
     if len(images) == 0:
         return {"loss": 0.0, "accuracy": 0.0, "num-examples": 0}
     logp = predict_log_proba(model, images, batch_size=batch_size, device=device)
+    pred = logp.argmax(1)
+    recalls = [(pred[labels == c] == c).float().mean().item() for c in torch.unique(labels).tolist()]
     return {
         "loss": F.nll_loss(logp, labels).item(),
-        "accuracy": (logp.argmax(1) == labels).float().mean().item(),
+        "accuracy": (pred == labels).float().mean().item(),
+        "balanced-accuracy": sum(recalls) / len(recalls),
         "num-examples": len(images),
     }
 

@@ -38,6 +38,8 @@ class HospitalData:
     val_y: torch.Tensor
     test_x: torch.Tensor | None = None
     test_y: torch.Tensor | None = None
+    train_types: torch.Tensor | None = None  # tumour type index per training scan, -1 unknown / no tumour
+    train_sources: torch.Tensor | None = None  # source index per training scan (for balanced sampling)
 
 
 @functools.lru_cache(maxsize=2)
@@ -61,6 +63,10 @@ def hospital_data(path: str, hospital: int, cfg: dict, with_test: bool = False) 
         train_x = torch.as_tensor(apply_acquisition_shift(train_x.numpy(), params, gen))
         val_x = torch.as_tensor(apply_acquisition_shift(val_x.numpy(), params, gen))
     data = HospitalData(train_x, train_y, val_x, val_y)
+    m = cache.mask("train", hospital)
+    data.train_types = torch.from_numpy(cache.tumour_type[m].astype(np.int64))
+    names = sorted(set(cache.source.tolist()))
+    data.train_sources = torch.tensor([names.index(s) for s in cache.source[m].tolist()], dtype=torch.int64)
     if with_test:
         data.test_x, data.test_y = cache.select("test")
     return data

@@ -27,6 +27,11 @@ EXPERT_PREFIX = "experts."
 # Br35H scans are mostly black background; these are the training-set statistics of the 128-px cache.
 PIXEL_MEAN = 0.18
 PIXEL_STD = 0.22
+# input_norm="scan": each scan is divided by its own bright level (the 99th percentile of its pixels) before
+# the dataset statistics apply, so a scanner's gain or an export's windowing does not shift what the network
+# sees. The background stays 0. Differentiable (a sort), so attacks still see the whole model.
+SCAN_QUANTILE = 0.99
+INPUT_NORMS = ("dataset", "scan")
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -102,10 +107,16 @@ class MixtureOfExpertsClassifier(nn.Module):
     """
 
     def __init__(self, num_classes: int = 2, num_experts: int = 3, width: int = 32, gate_width: int = 16,
-                 expert_type: str = "head", norm: str = "group"):
+                 expert_type: str = "head", norm: str = "group", num_types: int = 0, input_norm: str = "dataset"):
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, not {input_norm!r}")
+        if num_types and expert_type != "head":
+            raise ValueError("a tumour-type head (num_types > 0) needs expert_type='head' (a shared trunk)")
         self.config = {"num_classes": num_classes, "num_experts": num_experts, "width": width,
-                       "gate_width": gate_width, "expert_type": expert_type, "norm": norm}
+                       "gate_width": gate_width, "expert_type": expert_type, "norm": norm,
+                       "num_types": num_types, "input_norm": input_norm}
+        self.input_norm = input_norm
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN))
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD))
         if expert_type == "head":
@@ -119,24 +130,44 @@ class MixtureOfExpertsClassifier(nn.Module):
         else:
             raise ValueError(f"expert_type must be 'head' or 'resnet', not {expert_type!r}")
         self.gate = Gate(num_experts, gate_width) if num_experts > 1 else None
+        # Tumour type (glioma / meningioma / pituitary) from the shared trunk: shown beside the decision, trained
+        # only on scans whose source names the type. Shared like the experts; the decision never depends on it.
+        self.type_head = ExpertHead(features, num_types) if num_types else None
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) in [0, 1] -> the network's input."""
+        if self.input_norm == "scan":
+            level = torch.quantile(x.flatten(1), SCAN_QUANTILE, dim=1).clamp_min(0.05).view(-1, 1, 1, 1)
+            x = x * (0.6 / level)  # 0.6: the typical bright level of a scan in [0, 1]
+        return (x - self.pixel_mean) / self.pixel_std
 
     def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is None:
             return x.new_ones(x.shape[0], 1)
-        return self.gate((x - self.pixel_mean) / self.pixel_std)
+        return self.gate(self.normalise(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mixture(x, self.gate)
 
     def mixture(self, x: torch.Tensor, gate: Gate | None) -> torch.Tensor:
         """The mixture under a given gate: one set of shared experts serves every hospital's gate."""
-        z = (x - self.pixel_mean) / self.pixel_std
+        return self.mixture_and_type(x, gate)[0]
+
+    def mixture_and_type(self, x: torch.Tensor, gate: Gate | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (decision log-probabilities (N, C), tumour-type logits (N, T) or None), from one trunk pass."""
+        z = self.normalise(x)
         h = self.trunk(z) if self.trunk is not None else z
         expert_logp = torch.stack([F.log_softmax(e(h), dim=1) for e in self.experts], dim=1)  # (N, K, C)
+        types = self.type_head(h) if self.type_head is not None else None
         if gate is None:
-            return expert_logp[:, 0]
+            return expert_logp[:, 0], types
         log_gate = torch.log(gate(z).clamp_min(1e-8)).unsqueeze(-1)  # (N, K, 1)
-        return torch.logsumexp(log_gate + expert_logp, dim=1)
+        return torch.logsumexp(log_gate + expert_logp, dim=1), types
+
+    def tumour_type_log_proba(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Log-probabilities over TUMOUR_TYPES (meaningful when the scan shows a tumour), or None."""
+        types = self.mixture_and_type(x, self.gate)[1]
+        return None if types is None else F.log_softmax(types, dim=1)
 
     # --- what is shared and what stays home -------------------------------------------------------
     def shared_state(self) -> dict[str, torch.Tensor]:
@@ -158,3 +189,7 @@ class HospitalClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base.mixture(x, self.gate)
+
+    def tumour_type_log_proba(self, x: torch.Tensor) -> torch.Tensor | None:
+        types = self.base.mixture_and_type(x, self.gate)[1]
+        return None if types is None else F.log_softmax(types, dim=1)
