@@ -1,21 +1,31 @@
 """Rendering helpers for the demo app: pure functions from pipeline results to pictures, text and files.
 
-Nothing here runs a model: every number comes from a `ScanResult` (or the arrays the caller passes in). Figures use
-matplotlib's object API on the Agg canvas (no pyplot state), so concurrent requests do not share a figure.
+Nothing here runs a model: every number comes from a `ScanResult` (or the arrays the caller passes in). The page's
+figures are built with numpy and Pillow only (no matplotlib), so a full set costs milliseconds:
 
-- `error_overlay`      the MAE error map as a heat map over the scan
-- `perturbation_image` / `perturbation_stats`   the attack's change, amplified, with its L-inf / L2 norms and PSNR
-- `clean_percentile` / `percentile_phrase`      where a score falls among a hospital's clean validation scores
-- `verdict`            one plain-language paragraph about a result
-- `score_plot`         score vs threshold vs the clean-score distribution, as an RGB array
-- `report_figure` / `write_report`   the downloadable PNG + PDF figure and JSON (no patient identifiers)
-- `batch_rows` / `write_batch_csv`   the batch table
+- colour maps are precomputed 256-entry look-up tables (matplotlib's ``inferno`` and ``RdBu_r``, stored below);
+- scan panels are small PNGs (the 128 x 128 model input, scaled in the browser) inlined as data URIs in one HTML
+  block, with the title above and a plain note below each (why a panel is empty, what a colour means);
+- the detector-score plot is an inline SVG; the probabilities are HTML bars;
+- the downloadable report is one Pillow-drawn raster saved as PNG and PDF, plus a JSON record.
+
+- `error_overlay` / `perturbation_image` / `perturbation_stats`   heat map, amplified change, norms and PSNR
+- `clean_percentile` / `percentile_phrase`      where a score falls among a hospital's clean calibration scores
+- `verdict`            the plain-language answer: decision, tumour type, out-of-distribution check, why flagged
+- `score_svg`, `bars_html`, `panels_html`       the page's figures
+- `report_image` / `write_report`               the downloadable PNG + PDF + JSON (no patient identifiers)
+- `batch_row` / `write_batch_csv`               the batch table (scans named by a pixel hash, never a file name)
+- `user_message`       a reader error in plain words, without the file's name or installation hints
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import functools
 import hashlib
+import html
+import io
 import json
 import math
 from pathlib import Path
@@ -23,20 +33,62 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "BATCH_COLUMNS", "DISCLAIMER", "batch_row", "clean_percentile", "error_overlay", "gray_rgb", "percentile_phrase",
-    "perturbation_image", "perturbation_stats", "pretty", "report_figure", "scan_id", "score_plot", "timings_markdown",
-    "jsonable", "verdict", "write_batch_csv", "write_report",
+    "BATCH_COLUMNS", "DISCLAIMER", "Panel", "bars_html", "batch_row", "clean_percentile", "data_uri",
+    "error_overlay", "gray_rgb", "is_tumour", "jsonable", "panels_html", "percentile_phrase", "perturbation_image",
+    "perturbation_stats", "png_bytes", "pretty", "report_image", "scan_id", "score_svg", "statistic_phrase",
+    "timings_markdown", "user_message", "verdict", "write_batch_csv", "write_report",
 ]
 
 DISCLAIMER = "Research demo, not a medical device; not for diagnosis."
-BATCH_COLUMNS = ["file", "scan_id", "frame", "prediction", "score", "threshold", "flagged", "t_star",
-                 "final_prediction", "p_final", "error"]
+# The batch table: a row number and the pixel hash name each scan (never the uploaded file's name); the status
+# column sits early so that an error is readable without scrolling.
+BATCH_COLUMNS = ["row", "scan_id", "status", "answer", "p_answer", "tumour_type", "in_distribution", "flagged",
+                 "score", "threshold", "t_star", "before_defence", "frame"]
+
+_INFERNO_HEX = (
+    "00000401000501010601010802010a02020c02020e03021004031204031405041706041907051b08051d09061f0a07220b07240c08260d08"
+    "290e092b10092d110a30120a32140b34150b37160b39180c3c190c3e1b0c411c0c431e0c451f0c48210c4a230c4c240c4f260c51280b5329"
+    "0b552b0b572d0b592f0a5b310a5c320a5e340a5f3609613809623909633b09643d09653e0966400a67420a68440a68450a69470b6a490b6a"
+    "4a0c6b4c0c6b4d0d6c4f0d6c510e6c520e6d540f6d550f6d57106e59106e5a116e5c126e5d126e5f136e61136e62146e64156e65156e6716"
+    "6e69166e6a176e6c186e6d186e6f196e71196e721a6e741a6e751b6e771c6d781c6d7a1d6d7c1d6d7d1e6d7f1e6c801f6c82206c84206b85"
+    "216b87216b88226a8a226a8c23698d23698f24699025689225689326679526679727669827669a28659b29649d29649f2a63a02a63a22b62"
+    "a32c61a52c60a62d60a82e5fa92e5eab2f5ead305dae305cb0315bb1325ab3325ab43359b63458b73557b93556ba3655bc3754bd3853bf39"
+    "52c03a51c13a50c33b4fc43c4ec63d4dc73e4cc83f4bca404acb4149cc4248ce4347cf4446d04545d24644d34743d44842d54a41d74b3fd8"
+    "4c3ed94d3dda4e3cdb503bdd513ade5238df5337e05536e15635e25734e35933e45a31e55c30e65d2fe75e2ee8602de9612bea632aeb6429"
+    "eb6628ec6726ed6925ee6a24ef6c23ef6e21f06f20f1711ff1731df2741cf3761bf37819f47918f57b17f57d15f67e14f68013f78212f784"
+    "10f8850ff8870ef8890cf98b0bf98c0af98e09fa9008fa9207fa9407fb9606fb9706fb9906fb9b06fb9d07fc9f07fca108fca309fca50afc"
+    "a60cfca80dfcaa0ffcac11fcae12fcb014fcb216fcb418fbb61afbb81dfbba1ffbbc21fbbe23fac026fac228fac42afac62df9c72ff9c932"
+    "f9cb35f8cd37f8cf3af7d13df7d340f6d543f6d746f5d949f5db4cf4dd4ff4df53f4e156f3e35af3e55df2e661f2e865f2ea69f1ec6df1ed"
+    "71f1ef75f1f179f2f27df2f482f3f586f3f68af4f88ef5f992f6fa96f8fb9af9fc9dfafda1fcffa4"
+)
+_RDBU_R_HEX = (
+    "05306106326407346708366a09386d0a3b700c3d730d3f760e41790f437b10457e114781124984134c87144e8a15508d1752901854931956"
+    "961a58991b5a9c1c5c9f1d5fa21e61a51f63a82065ab2267ac2369ad246aae266caf276eb02870b12a71b22b73b32c75b42e77b52f79b530"
+    "7ab6327cb7337eb83480b93681ba3783bb3885bc3a87bd3b88be3c8abe3e8cbf3f8ec0408fc14291c24393c34695c44997c54c99c64f9bc7"
+    "529dc8569fc959a1ca5ca3cb5fa5cd62a7ce65a9cf68abd06bacd16eaed271b0d375b2d478b4d57bb6d67eb8d781bad884bcd987beda8ac0"
+    "db8dc2dc90c4dd93c6de96c7df98c8e09bc9e09dcbe1a0cce2a2cde3a5cee3a7d0e4a9d1e5acd2e5aed3e6b1d5e7b3d6e8b6d7e8b8d8e9bb"
+    "daeabddbeac0dcebc2ddecc5dfecc7e0edcae1eecce2efcfe4efd1e5f0d2e6f0d4e6f1d5e7f1d7e8f1d8e9f1dae9f2dbeaf2ddebf2deebf2"
+    "e0ecf3e1edf3e3edf3e4eef4e6eff4e7f0f4e9f0f4eaf1f5ecf2f5edf2f5eff3f5f0f4f6f2f5f6f3f5f6f5f6f7f6f7f7f7f6f6f7f5f4f8f4"
+    "f2f8f3f0f8f2eff8f1edf9f0ebf9efe9f9eee7f9ede5f9ebe3faeae1fae9dffae8defae7dcfbe6dafbe5d8fbe4d6fbe3d4fce2d2fce0d0fc"
+    "dfcffcdecdfdddcbfddcc9fddbc7fdd9c4fcd7c2fcd5bffcd3bcfbd0b9fbceb7fbccb4facab1fac8aff9c6acf9c4a9f9c2a7f8bfa4f8bda1"
+    "f8bb9ef7b99cf7b799f7b596f6b394f6b191f6af8ef5ac8bf5aa89f5a886f4a683f3a481f2a17ff19e7df09c7bef9979ee9677ec9374eb91"
+    "72ea8e70e98b6ee8896ce6866ae58368e48066e37e64e27b62e17860df765ede735cdd7059dc6e57db6b55da6853d86551d7634fd6604dd5"
+    "5d4cd35a4ad25849d05548cf5246ce4f45cc4c44cb4942c94741c84440c6413ec53e3dc43b3cc2383ac13639bf3338be3036bd2d35bb2a34"
+    "ba2832b82531b72230b61f2eb41c2db3192cb1182bae172aab162aa81529a51429a213289f12289c1127991027960f27930e26900d268d0c"
+    "258a0b25870a248409248108237f08237c07227906227605217304217003206d02206a011f67001f"
+)
 
 
 # ------------------------------------------------------------------------------------------------ basics
 def pretty(class_name: str | None) -> str:
     """'no_tumour' -> 'no tumour'."""
     return "n/a" if class_name is None else str(class_name).replace("_", " ")
+
+
+def is_tumour(class_name: str | None) -> bool:
+    """Whether a class name is a tumour decision ('tumour', 'glioma', ...), not 'no tumour' / 'normal'."""
+    name = pretty(class_name).lower()
+    return class_name is not None and not (name.startswith("no ") or name in ("normal", "healthy", "n/a"))
 
 
 def _u8(image: np.ndarray) -> np.ndarray:
@@ -49,10 +101,18 @@ def gray_rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(g[..., None], 3, axis=2)
 
 
-def _cmap(name: str):
-    from matplotlib import colormaps
+@functools.lru_cache(maxsize=None)
+def lut(name: str) -> np.ndarray:
+    """A colour map as a (256, 3) uint8 table: 'inferno' or 'RdBu_r' (matplotlib's, sampled at 256 levels)."""
+    table = {"inferno": _INFERNO_HEX, "RdBu_r": _RDBU_R_HEX}[name]
+    out = np.frombuffer(bytes.fromhex(table), dtype=np.uint8).reshape(256, 3)
+    out.flags.writeable = False
+    return out
 
-    return colormaps[name]
+
+def _apply_lut(values01: np.ndarray, name: str) -> np.ndarray:
+    idx = np.rint(np.clip(np.nan_to_num(values01, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return lut(name)[idx]
 
 
 def scan_id(image: np.ndarray) -> str:
@@ -61,13 +121,26 @@ def scan_id(image: np.ndarray) -> str:
     return "scan-" + hashlib.sha256(data.tobytes()).hexdigest()[:8]
 
 
+def png_bytes(rgb: np.ndarray, compress_level: int = 1) -> bytes:
+    """(H, W) or (H, W, 3) uint8 -> PNG bytes (fast zlib level; the pictures are small)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def data_uri(rgb: np.ndarray) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
+
+
 # ------------------------------------------------------------------------------------------------ overlays
 def error_overlay(image: np.ndarray, error_map: np.ndarray, vmax: float | None = None, cmap: str = "inferno",
                   max_alpha: float = 0.75) -> np.ndarray:
-    """The per-pixel reconstruction error as a heat map over the scan -> (H, W, 3) uint8.
+    """The per-pixel anomaly map as a heat map over the scan -> (H, W, 3) uint8.
 
-    vmax: error mapped to the top of the colour scale (default: the map's 99.5th percentile). Each pixel's
-    opacity grows with its error, so well-reconstructed regions show the scan underneath.
+    vmax: value mapped to the top of the colour scale (default: the map's 99.5th percentile). Each pixel's
+    opacity grows with its value, so unremarkable regions show the scan underneath.
     """
     image = np.asarray(image, dtype=np.float32)
     err = np.abs(np.asarray(error_map, dtype=np.float32))
@@ -75,9 +148,9 @@ def error_overlay(image: np.ndarray, error_map: np.ndarray, vmax: float | None =
         raise ValueError(f"error map {err.shape} and scan {image.shape} differ in shape")
     top = float(vmax) if vmax else float(np.percentile(err, 99.5))
     norm = np.clip(err / top, 0.0, 1.0) if top > 0 else np.zeros_like(err)
-    heat = _cmap(cmap)(norm)[..., :3].astype(np.float32)
+    heat = _apply_lut(norm, cmap).astype(np.float32) / 255.0
     alpha = (max_alpha * norm)[..., None]
-    base = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2)
+    base = np.clip(image, 0, 1)[..., None]
     return _u8((1 - alpha) * base + alpha * heat)
 
 
@@ -103,19 +176,18 @@ def perturbation_image(original: np.ndarray, adversarial: np.ndarray, scale: flo
     delta = np.asarray(adversarial, dtype=np.float32) - np.asarray(original, dtype=np.float32)
     scale = float(scale) if scale else float(np.max(np.abs(delta)))
     if scale <= 0:
-        return _u8(_cmap(cmap)(np.full(delta.shape, 0.5))[..., :3]), 1.0
-    rgb = _cmap(cmap)(np.clip(0.5 + delta / (2 * scale), 0.0, 1.0))[..., :3]
-    return _u8(rgb), 1.0 / scale
+        return _apply_lut(np.full(delta.shape, 0.5, np.float32), cmap), 1.0
+    return _apply_lut(0.5 + delta / (2 * scale), cmap), 1.0 / scale
 
 
 # ------------------------------------------------------------------------------------------------ scores
 def clean_percentile(score: float, quantiles) -> float:
-    """Percent of the hospital's clean validation scores below `score`, interpolated between its quantiles.
+    """Percent of the hospital's clean calibration scores below `score`, interpolated between its quantiles.
 
     `quantiles`: the scores at evenly spaced levels 0, 1/(n-1), ..., 1 (MedFedPure stores 21: every 5%).
     """
-    q = np.asarray(quantiles, dtype=np.float64)
-    if q.size < 2 or not np.isfinite(score):
+    q = np.asarray(quantiles if quantiles is not None else [], dtype=np.float64)
+    if q.size < 2 or score is None or not np.isfinite(score):
         return float("nan")
     levels = np.linspace(0.0, 100.0, q.size)
     q = np.maximum.accumulate(q)  # guard against rounding making them non-monotone
@@ -142,149 +214,414 @@ def percentile_phrase(score: float, quantiles) -> str:
     return f"above about {p:.0f}% of this hospital's clean calibration scans"
 
 
-def _fmt_score(x: float) -> str:
-    return f"{x:.4g}"
+# What each detector statistic measures, in words (medfedpure.detector.STATISTICS).
+STATISTIC_TEXT = {
+    "mean_abs_error": "the masked autoencoder's mean reconstruction error (how badly it redraws the scan)",
+    "highpass_abs_residual": "the fine-grained (high-pass) part of the masked autoencoder's reconstruction error",
+    "background_highpass_residual": "the fine-grained part of the reconstruction error in the dark background "
+                                    "around the head",
+    "background_highpass": "the fine-grained texture (high-pass energy) of the dark background around the head, "
+                           "which is smooth in a clean scan",
+}
+BACKGROUND_STATISTICS = ("background_highpass", "background_highpass_residual")
+
+
+def statistic_phrase(statistic: str | None) -> str:
+    if not statistic:
+        return "the detector's anomaly score"
+    return f"{statistic.replace('_', ' ')}: {STATISTIC_TEXT.get(statistic, 'the detector anomaly statistic')}"
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{float(x):.4g}"
+
+
+def _pct(p: float) -> str:
+    return f"{100 * float(p):.0f}%"
+
+
+def type_phrase(result) -> str:
+    """The tumour type beside the decision, with its meaning stated."""
+    ttype = getattr(result, "tumour_type", None)
+    probs = getattr(result, "tumour_type_probabilities", None) or {}
+    if ttype is None:
+        return "Tumour type: not estimated by this model."
+    if not is_tumour(result.final_prediction):
+        return ("Tumour type: not applicable, the answer is no tumour (the type estimate only means something "
+                "when the answer is tumour).")
+    others = ", ".join(f"{pretty(k)} {_pct(v)}" for k, v in sorted(probs.items(), key=lambda kv: -kv[1])
+                       if k != ttype)
+    p = probs.get(ttype)
+    return (f"Tumour type: most like **{pretty(ttype)}**" + (f" ({_pct(p)}" + (f"; {others})" if others else ")")
+                                                             if p is not None else "") + ".")
+
+
+def ood_phrase(result) -> str:
+    ind = getattr(result, "in_distribution", None)
+    if ind is None:
+        return ("Out-of-distribution check: not available in this model; the answer assumes the file is a brain "
+                "MRI slice.")
+    where = ""
+    if getattr(result, "ood_score", None) is not None and getattr(result, "ood_threshold", None) is not None:
+        rel = ">" if not ind else "<="
+        where = f" (score {_fmt(result.ood_score)} {rel} threshold {_fmt(result.ood_threshold)})"
+    if ind:
+        return f"Out-of-distribution check: looks like the brain MRI slices the model was trained on{where}."
+    return f"Out-of-distribution check: unlike every training scan{where}."
 
 
 def verdict(result, *, defence: bool = True, attack: str = "none", eps: float = 0.0,
-            clean_prediction: str | None = None, quantiles=None) -> str:
-    """A plain-language paragraph about one `ScanResult` (markdown)."""
-    parts = []
-    if attack != "none":
-        atk = f"{attack.upper() if attack in ('fgsm', 'pgd') else attack} attack (eps {eps:.4g})"
-        if clean_prediction is not None and clean_prediction != result.prediction:
-            parts.append(f"The {atk} changed the classifier's answer from **{pretty(clean_prediction)}** to "
-                         f"**{pretty(result.prediction)}**.")
-        elif clean_prediction is not None:
-            parts.append(f"The {atk} did not change the classifier's answer (**{pretty(result.prediction)}**).")
-    where = f" ({percentile_phrase(result.score, quantiles)})" if quantiles is not None else ""
-    if result.flagged:
-        parts.append(f"**Flagged as suspicious**: detector score {_fmt_score(result.score)} > threshold "
-                     f"{_fmt_score(result.threshold)}{where}.")
+            clean_prediction: str | None = None, quantiles=None, statistic: str | None = None,
+            target_fpr: float | None = None, background_fraction: float | None = None,
+            blank: bool = False) -> str:
+    """The plain-language answer about one `ScanResult` (markdown): the decision and tumour type first, or, for
+    a scan the model does not know (out of distribution, or blank), that plain message instead of a diagnosis;
+    then why the detector did or did not flag it, what purification did, and what the attack did."""
+    final = pretty(result.final_prediction)
+    unknown = blank or getattr(result, "in_distribution", None) is False
+    lines = []
+    if blank:
+        lines.append("### No diagnosis: the image is blank\nEvery pixel has the same value, so there is nothing "
+                     "to analyse. The model's numbers below are not meaningful.")
+    elif unknown:
+        lines.append("### No diagnosis: this does not look like a brain MRI slice the model knows\n"
+                     "It is unlike every scan the model was trained on (for example a blank or noisy image, a "
+                     "photograph, or another body part or modality), so its answer would not mean anything. "
+                     + ood_phrase(result))
     else:
-        parts.append(f"**Not flagged**: detector score {_fmt_score(result.score)} <= threshold "
-                     f"{_fmt_score(result.threshold)}{where}.")
+        head = f"### Answer: {final}" + ("" if defence else " (defence off: the classifier's own answer)")
+        lines.append(head + "\n" + type_phrase(result))
+    # why the flag
+    where = f", {percentile_phrase(result.score, quantiles)}" if quantiles is not None else ""
+    fpr = f" (calibrated so that about {_pct(target_fpr)} of clean scans exceed it)" if target_fpr else ""
+    stat = f" The score is {statistic_phrase(statistic)}." if statistic else ""
+    if result.flagged:
+        lines.append(f"**Flagged as suspicious**: detector score {_fmt(result.score)} > threshold "
+                     f"{_fmt(result.threshold)}{fpr}{where}.{stat}")
+    else:
+        lines.append(f"**Not flagged**: detector score {_fmt(result.score)} <= threshold "
+                     f"{_fmt(result.threshold)}{fpr}{where}.{stat}")
+    if (statistic in BACKGROUND_STATISTICS and background_fraction is not None and background_fraction < 0.01
+            and not blank):
+        lines.append(f"The detector looks only at the dark background around the head, and this scan has almost "
+                     f"none ({100 * background_fraction:.1f}% of its pixels), so the detector cannot judge it: "
+                     "read 'not flagged' as 'not checked'.")
     if not defence:
-        parts.append(f"Defence is off, so the answer is the classifier's own: **{pretty(result.final_prediction)}**.")
+        lines.append(f"Defence is off, so nothing was purified and the answer is the classifier's own: **{final}**.")
     elif result.purified is not None:
-        why = "" if result.flagged else " (purification forced on)"
+        why = "" if result.flagged else " (purification forced on: 'purify always')"
         if result.purified_prediction != result.prediction:
-            change = (f"prediction changed from **{pretty(result.prediction)}** to "
+            change = (f"the classifier's answer changed from **{pretty(result.prediction)}** to "
                       f"**{pretty(result.purified_prediction)}**.")
         else:
-            change = f"prediction unchanged (**{pretty(result.prediction)}**)."
-        parts.append(f"Purified at t*={result.t_star}{why}; {change}")
+            change = f"the classifier's answer is unchanged (**{pretty(result.prediction)}**)."
+        lines.append(f"Purified at depth t* = {result.t_star}{why}; {change}")
     else:
-        parts.append(f"Not purified; the answer is **{pretty(result.final_prediction)}**.")
-    return " ".join(parts)
+        lines.append(f"Not purified (not flagged); the answer is the classifier's own: **{final}**.")
+    if attack != "none":
+        atk = f"{attack.upper() if attack in ('fgsm', 'pgd') else 'Adaptive'} attack (eps {eps:.4g})"
+        if clean_prediction is not None and clean_prediction != result.prediction:
+            lines.append(f"The {atk} changed the classifier's answer from **{pretty(clean_prediction)}** to "
+                         f"**{pretty(result.prediction)}** (before the defence).")
+        elif clean_prediction is not None:
+            lines.append(f"The {atk} did not change the classifier's answer (**{pretty(result.prediction)}**).")
+    if not unknown:
+        lines.append(ood_phrase(result))
+    return "\n\n".join(lines)
 
 
 def timings_markdown(timings_ms: dict, device: str) -> str:
-    rows = "".join(f"| {k.replace('_', ' ')} | {v:.1f} |\n" for k, v in timings_ms.items() if v is not None)
-    return f"Device: **{device}**\n\n| stage | ms |\n|---|---|\n{rows}"
+    """One line: the device, then each stage's milliseconds."""
+    stages = " &middot; ".join(f"{k.replace('_', ' ')} {v:.0f} ms" for k, v in timings_ms.items() if v is not None)
+    return f"<small>Device **{device}** &middot; {stages}</small>"
 
 
-# ------------------------------------------------------------------------------------------------ figures
-def _figure(width_in: float, height_in: float, dpi: int = 100):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+# ------------------------------------------------------------------------------------------------ page figures
+class Panel:
+    """One picture of the page: a title, the image ((H, W) float or (H, W, 3) uint8; None = empty) and a note."""
 
-    fig = Figure(figsize=(width_in, height_in), dpi=dpi)
-    FigureCanvasAgg(fig)
-    return fig
+    __slots__ = ("title", "image", "note")
+
+    def __init__(self, title: str, image=None, note: str = ""):
+        self.title, self.image, self.note = title, image, note
+
+    def rgb(self) -> np.ndarray | None:
+        if self.image is None:
+            return None
+        return gray_rgb(self.image) if np.ndim(self.image) == 2 else np.asarray(self.image, dtype=np.uint8)
 
 
-def _to_rgb(fig) -> np.ndarray:
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+def panels_html(panels: list[Panel]) -> str:
+    """A grid of titled pictures; an empty panel says why it is empty."""
+    cells = []
+    for p in panels:
+        rgb = p.rgb()
+        body = (f"<img alt='{html.escape(p.title)}' src='{data_uri(rgb)}'>" if rgb is not None else
+                f"<div class='mfp-blank'>{html.escape(p.note or 'not computed')}</div>")
+        note = f"<div class='mfp-note'>{html.escape(p.note)}</div>" if rgb is not None and p.note else ""
+        cells.append(f"<figure class='mfp-panel'><figcaption class='mfp-title'>{html.escape(p.title)}</figcaption>"
+                     f"{body}{note}</figure>")
+    return "<div class='mfp-grid'>" + "".join(cells) + "</div>"
 
 
-def _draw_score(ax, quantiles, threshold: float, score: float, clean_score: float | None = None) -> None:
-    q = np.asarray(quantiles, dtype=np.float64) if quantiles is not None else np.zeros(0)
-    if q.size >= 2:
-        ax.plot(q, np.linspace(0, 100, q.size), color="0.35", lw=1.5, label="clean scans (CDF)")
-    ax.axvline(threshold, color="tab:orange", ls="--", lw=1.5, label=f"threshold {threshold:.4g}")
-    if clean_score is not None:
-        ax.axvline(clean_score, color="tab:green", lw=1.5, label=f"clean scan {clean_score:.4g}")
-    ax.axvline(score, color="tab:red", lw=2.5, label=f"this scan {score:.4g}")
+def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _score_geometry(quantiles, threshold: float, score: float, clean_score: float | None):
+    q = np.asarray(quantiles if quantiles is not None else [], dtype=np.float64)
+    q = q[np.isfinite(q)]
     values = [threshold, score] + ([clean_score] if clean_score is not None else []) + list(q)
-    lo, hi = min(values), max(values)
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     pad = 0.08 * (hi - lo or abs(hi) or 1.0)
-    ax.set_xlim(lo - pad, hi + pad)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("detector score (anomaly statistic of the MAE detector)")
-    ax.set_ylabel("% of clean scans below")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7, framealpha=0.9)
+    return q, lo - pad, hi + pad
 
 
-def score_plot(quantiles, threshold: float, score: float, clean_score: float | None = None) -> np.ndarray:
-    """The scan's detector score against the threshold and the hospital's clean-score CDF -> (H, W, 3) uint8."""
-    fig = _figure(5.2, 2.6)
-    ax = fig.add_axes((0.12, 0.2, 0.85, 0.72))
-    _draw_score(ax, quantiles, threshold, score, clean_score)
-    return _to_rgb(fig)
+def score_svg(quantiles, threshold: float, score: float, clean_score: float | None = None,
+              width: int = 460, height: int = 210) -> str:
+    """The scan's detector score against the threshold and the hospital's clean-score CDF, as inline SVG, with
+    its legend below the axes (nothing is drawn over the ticks or the axis titles)."""
+    q, lo, hi = _score_geometry(quantiles, threshold, score, clean_score)
+    left, right, top, bottom = 58, 12, 10, 44
+    pw, ph = width - left - right, height - top - bottom
+
+    def x(v):
+        return left + (float(v) - lo) / (hi - lo) * pw
+
+    def y(level):
+        return top + (1 - float(level) / 100) * ph
+
+    parts = [f"<svg class='mfp-svg' viewBox='0 0 {width} {height}' width='100%' role='img' "
+             f"aria-label='detector score plot' xmlns='http://www.w3.org/2000/svg' font-family='sans-serif' "
+             f"font-size='11'>",
+             f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='#fff' stroke='#888'/>"]
+    for level in (0, 25, 50, 75, 100):
+        parts.append(f"<line x1='{left}' x2='{left + pw}' y1='{y(level):.1f}' y2='{y(level):.1f}' stroke='#e5e5e5'/>"
+                     f"<text x='{left - 5}' y='{y(level) + 4:.1f}' text-anchor='end' fill='#333'>{level}</text>")
+    for t in _ticks(lo, hi):
+        parts.append(f"<line x1='{x(t):.1f}' x2='{x(t):.1f}' y1='{top + ph}' y2='{top + ph + 4}' stroke='#555'/>"
+                     f"<text x='{x(t):.1f}' y='{top + ph + 16}' text-anchor='middle' fill='#333'>{t:.3g}</text>")
+    parts.append(f"<text x='{left + pw / 2}' y='{height - 6}' text-anchor='middle' fill='#222'>detector score</text>"
+                 f"<text transform='translate(13 {top + ph / 2}) rotate(-90)' text-anchor='middle' fill='#222'>"
+                 "% of clean scans below</text>")
+    if q.size >= 2:
+        pts = " ".join(f"{x(v):.1f},{y(lv):.1f}" for v, lv in zip(q, np.linspace(0, 100, q.size)))
+        parts.append(f"<polyline points='{pts}' fill='none' stroke='#555' stroke-width='1.6'/>")
+    parts.append(f"<line x1='{x(threshold):.1f}' x2='{x(threshold):.1f}' y1='{top}' y2='{top + ph}' "
+                 "stroke='#e07b00' stroke-width='1.8' stroke-dasharray='5 3'/>")
+    if clean_score is not None:
+        parts.append(f"<line x1='{x(clean_score):.1f}' x2='{x(clean_score):.1f}' y1='{top}' y2='{top + ph}' "
+                     "stroke='#2a9d3a' stroke-width='1.8'/>")
+    parts.append(f"<line x1='{x(score):.1f}' x2='{x(score):.1f}' y1='{top}' y2='{top + ph}' stroke='#d62728' "
+                 "stroke-width='2.6'/></svg>")
+    legend = [("#555", "clean scans of this hospital (cumulative)"), ("#e07b00", f"threshold {_fmt(threshold)}")]
+    if clean_score is not None:
+        legend.append(("#2a9d3a", f"the scan before the attack {_fmt(clean_score)}"))
+    legend.append(("#d62728", f"this scan {_fmt(score)}"))
+    keys = "".join(f"<span><i style='background:{c}'></i>{html.escape(t)}</span>" for c, t in legend)
+    return f"<div class='mfp-plot'>{''.join(parts)}<div class='mfp-legend'>{keys}</div></div>"
 
 
-def report_figure(panels: dict, info: dict):
-    """One analysis as a matplotlib Figure: six image panels, the score plot, probability bars and the verdict.
+def bars_html(title: str, probabilities: dict, note: str = "", muted: bool = False) -> str:
+    """Probabilities as labelled horizontal bars (largest first)."""
+    rows = []
+    for name, p in sorted(probabilities.items(), key=lambda kv: -kv[1]):
+        p = float(p)
+        rows.append(f"<div class='mfp-bar'><span class='mfp-bar-name'>{html.escape(pretty(name))}</span>"
+                    f"<span class='mfp-bar-track'><span class='mfp-bar-fill' style='width:{100 * p:.1f}%'></span>"
+                    f"</span><span class='mfp-bar-p'>{100 * p:.1f}%</span></div>")
+    note = f"<div class='mfp-note'>{html.escape(note)}</div>" if note else ""
+    cls = "mfp-bars mfp-muted" if muted else "mfp-bars"
+    return f"<div class='{cls}'><div class='mfp-title'>{html.escape(title)}</div>{''.join(rows)}{note}</div>"
 
-    panels: title -> (H, W) float image or (H, W, 3) uint8 (None: an empty 'not computed' panel), up to 6.
-    info: keys name, verdict (plain text), class_names, probabilities, final_probabilities, score, threshold,
-          quantiles, clean_score (optional), header (one line: model, hospital, attack), timings_ms, device.
+
+# ------------------------------------------------------------------------------------------------ report
+@functools.lru_cache(maxsize=None)
+def _font_source():
+    """matplotlib's DejaVu Sans when installed (found without importing matplotlib), else Pillow's own font."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("matplotlib")
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            path = Path(root) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+            if path.is_file():
+                return path.read_bytes()
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int):
+    """A TrueType font with Pillow's basic layout (several times faster than Raqm for plain Latin text)."""
+    from PIL import ImageFont
+
+    data = _font_source()
+    try:
+        if data is None:
+            default = ImageFont.load_default(size=size)
+            data = default.path.getvalue() if hasattr(default.path, "getvalue") else None
+            if data is None:
+                return default
+        return ImageFont.truetype(io.BytesIO(data), size, layout_engine=ImageFont.Layout.BASIC)
+    except Exception:  # noqa: BLE001 - Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _wrap(draw, text: str, font, width_px: int) -> list[str]:
+    """Greedy word wrap; each word is measured once."""
+    space = draw.textlength(" ", font=font)
+    widths: dict[str, float] = {}
+    out = []
+    for para in text.split("\n"):
+        line, used = "", 0.0
+        for w in para.split():
+            wl = widths.get(w)
+            if wl is None:
+                wl = widths[w] = draw.textlength(w, font=font)
+            if not line:
+                line, used = w, wl
+            elif used + space + wl <= width_px:
+                line, used = f"{line} {w}", used + space + wl
+            else:
+                out.append(line)
+                line, used = w, wl
+        out.append(line)
+    return out
+
+
+def _plot_pil(draw, box, quantiles, threshold, score, clean_score):
+    x0, y0, x1, y1 = box
+    left, bottom = 52, 34
+    px0, py0, px1, py1 = x0 + left, y0 + 6, x1 - 6, y1 - bottom
+    q, lo, hi = _score_geometry(quantiles, threshold, score, clean_score)
+    small = _font(11)
+
+    def x(v):
+        return px0 + (float(v) - lo) / (hi - lo) * (px1 - px0)
+
+    def y(level):
+        return py0 + (1 - float(level) / 100) * (py1 - py0)
+
+    draw.rectangle((px0, py0, px1, py1), outline=(140, 140, 140), fill=(255, 255, 255))
+    for level in (0, 50, 100):
+        draw.line((px0, y(level), px1, y(level)), fill=(230, 230, 230))
+        draw.text((px0 - 5, y(level)), str(level), fill=(50, 50, 50), font=small, anchor="rm")
+    for t in _ticks(lo, hi):
+        draw.text((x(t), py1 + 4), f"{t:.3g}", fill=(50, 50, 50), font=small, anchor="mt")
+    draw.text(((px0 + px1) / 2, y1 - 2), "detector score", fill=(30, 30, 30), font=small, anchor="mb")
+    draw.text((x0, py0 - 2), "% clean below", fill=(30, 30, 30), font=small, anchor="lb")
+    if q.size >= 2:
+        pts = [(x(v), y(lv)) for v, lv in zip(q, np.linspace(0, 100, q.size))]
+        draw.line(pts, fill=(85, 85, 85), width=2)
+    tx = x(threshold)
+    for s in range(int(py0), int(py1), 8):
+        draw.line((tx, s, tx, min(s + 5, py1)), fill=(224, 123, 0), width=2)
+    if clean_score is not None:
+        draw.line((x(clean_score), py0, x(clean_score), py1), fill=(42, 157, 58), width=2)
+    draw.line((x(score), py0, x(score), py1), fill=(214, 39, 40), width=3)
+
+
+def report_image(panels: list[Panel], info: dict) -> np.ndarray:
+    """One analysis as a single picture -> (H, W, 3) uint8: title, six image panels (an empty one says why), the
+    score plot, probability bars, the verdict text and the footer.
+
+    info: name, header (one line), verdict (plain text), probabilities and final_probabilities (class -> p),
+    type_probabilities (optional), score, threshold, quantiles, clean_score (optional), timings_ms, device.
     """
-    fig = _figure(11.0, 10.0)
-    fig.suptitle(f"MedFedPure analysis: {info.get('name', 'scan')}", fontsize=14, fontweight="bold", y=0.985)
-    fig.text(0.5, 0.955, info.get("header", ""), ha="center", fontsize=8.5, color="0.25")
-    items = list(panels.items())[:6]
-    for i, (title, img) in enumerate(items):
-        ax = fig.add_axes((0.03 + (i % 3) * 0.325, 0.63 - (i // 3) * 0.31, 0.29, 0.29))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(title, fontsize=9)
-        if img is None:
-            ax.text(0.5, 0.5, "not computed", ha="center", va="center", color="0.5", transform=ax.transAxes)
-            ax.set_facecolor("0.95")
-        elif np.ndim(img) == 2:
-            ax.imshow(np.asarray(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    from PIL import Image, ImageDraw
+
+    W, side, gap, margin = 1100, 256, 34, 40
+    title, body, small = _font(22), _font(14), _font(12)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    verdict_lines = _wrap(measure, info.get("verdict", ""), body, W - 2 * margin)[:40]
+    timings = ", ".join(f"{k} {v:.0f} ms" for k, v in (info.get("timings_ms") or {}).items() if v is not None)
+    footer = _wrap(measure, f"{DISCLAIMER}  Device: {info.get('device', '?')}.  {timings}", small, W - 2 * margin)[:3]
+    plot_top = 84 + 2 * (side + gap + 20) + 4
+    H = plot_top + 270 + 19 * len(verdict_lines) + 16 + 15 * len(footer) + 16
+    im = Image.new("RGB", (W, H), (255, 255, 255))
+    draw = ImageDraw.Draw(im)
+    draw.text((W / 2, 22), f"MedFedPure analysis: {info.get('name', 'scan')}", fill=(0, 0, 0), font=title,
+              anchor="mt")
+    draw.text((W / 2, 54), info.get("header", ""), fill=(70, 70, 70), font=small, anchor="mt")
+    top = 84
+    col_w = (W - 2 * margin) / 3
+    for i, p in enumerate(panels[:6]):
+        cx = margin + (i % 3) * col_w + col_w / 2
+        y = top + (i // 3) * (side + gap + 20)
+        draw.text((cx, y), p.title, fill=(20, 20, 20), font=body, anchor="mt")
+        box = (int(cx - side / 2), y + 20, int(cx + side / 2), y + 20 + side)
+        rgb = p.rgb()
+        if rgb is None:
+            draw.rectangle(box, fill=(242, 242, 242), outline=(200, 200, 200))
+            lines = _wrap(draw, p.note or "not computed", small, side - 24)
+            for k, line in enumerate(lines[:6]):
+                draw.text(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2 + (k - len(lines[:6]) / 2) * 16 + 8),
+                          line, fill=(110, 110, 110), font=small, anchor="mm")
         else:
-            ax.imshow(np.asarray(img), interpolation="nearest")
-    ax = fig.add_axes((0.07, 0.14, 0.45, 0.17))
-    _draw_score(ax, info.get("quantiles"), float(info["threshold"]), float(info["score"]), info.get("clean_score"))
-    ax = fig.add_axes((0.63, 0.14, 0.34, 0.17))
-    names = [pretty(c) for c in info["class_names"]]
-    y = np.arange(len(names))
-    before = np.asarray(info["probabilities"], dtype=float)
-    after = np.asarray(info["final_probabilities"], dtype=float)
-    ax.barh(y + 0.2, before, height=0.38, color="0.6", label="before defence")
-    ax.barh(y - 0.2, after, height=0.38, color="tab:blue", label="final (after defence)")
-    ax.set_yticks(y, names)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("probability")
-    ax.legend(loc="lower right", fontsize=7)
-    ax.grid(axis="x", alpha=0.3)
-    import textwrap
+            im.paste(Image.fromarray(rgb).resize((side, side), Image.Resampling.NEAREST), box[:2])
+    y = top + 2 * (side + gap + 20) + 4
+    _plot_pil(draw, (margin, y, margin + 500, y + 230), info.get("quantiles"), float(info["threshold"]),
+              float(info["score"]), info.get("clean_score"))
+    # probability bars
+    bx, by = margin + 560, y
+    groups = [("before the defence", info.get("probabilities") or {}),
+              (info.get("final_label", "final answer"), info.get("final_probabilities") or {})]
+    if info.get("type_probabilities"):
+        groups.append(("tumour type (if tumour)", info["type_probabilities"]))
+    for label, probs in groups:
+        draw.text((bx, by), label, fill=(20, 20, 20), font=body)
+        by += 20
+        for name, pv in sorted(probs.items(), key=lambda kv: -kv[1]):
+            draw.text((bx, by + 8), pretty(name), fill=(40, 40, 40), font=small, anchor="lm")
+            draw.rectangle((bx + 110, by + 2, bx + 110 + 300, by + 14), outline=(190, 190, 190))
+            draw.rectangle((bx + 110, by + 2, bx + 110 + int(300 * float(pv)), by + 14), fill=(45, 110, 190))
+            draw.text((bx + 420, by + 8), f"{100 * float(pv):.1f}%", fill=(40, 40, 40), font=small, anchor="lm")
+            by += 18
+        by += 8
+    legend = [((85, 85, 85), "clean scans (cumulative)"), ((224, 123, 0), f"threshold {_fmt(info['threshold'])}")]
+    if info.get("clean_score") is not None:
+        legend.append(((42, 157, 58), f"before the attack {_fmt(info['clean_score'])}"))
+    legend.append(((214, 39, 40), f"this scan {_fmt(info['score'])}"))
+    lx = margin
+    for colour, label in legend:
+        draw.rectangle((lx, y + 240, lx + 14, y + 243), fill=colour)
+        draw.text((lx + 18, y + 242), label, fill=(40, 40, 40), font=small, anchor="lm")
+        lx += 26 + int(draw.textlength(label, font=small))
+    y += 270
+    for line in verdict_lines:
+        draw.text((margin, y), line, fill=(0, 0, 0), font=body)
+        y += 19
+    y += 16
+    for line in footer:
+        draw.text((margin, y), line, fill=(80, 80, 80), font=small)
+        y += 15
+    return np.asarray(im)
 
-    text = textwrap.fill(info.get("verdict", ""), 150)
-    fig.text(0.03, 0.085, text, fontsize=8.5, va="top", wrap=True)
-    timings = ", ".join(f"{k} {v:.0f} ms" for k, v in (info.get("timings_ms") or {}).items())
-    fig.text(0.03, 0.018, f"{DISCLAIMER}  Device: {info.get('device', '?')}.  {timings}", fontsize=7, color="0.3")
-    return fig
 
+def write_report(out_dir: str | Path, stem: str, image: np.ndarray, record: dict) -> list[Path]:
+    """Write STEM.png and STEM.pdf (the report picture) and STEM.json (`record`) into out_dir -> their paths.
 
-def write_report(out_dir: str | Path, stem: str, panels: dict, info: dict, record: dict) -> list[Path]:
-    """Write STEM.png, STEM.pdf (the report figure) and STEM.json (`record`) into out_dir -> their paths.
-
-    Nothing identifying goes in: the caller passes a non-identifying stem and record; PDF metadata is reduced to a
-    title naming the scan id.
+    Nothing identifying goes in: the caller passes a non-identifying stem and record; the PDF's only metadata is
+    a title naming the scan id.
     """
+    from PIL import Image
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig = report_figure(panels, info)
     png, pdf, js = out / f"{stem}.png", out / f"{stem}.pdf", out / f"{stem}.json"
-    fig.savefig(png, format="png", dpi=100)
-    fig.savefig(pdf, format="pdf", metadata={"Title": f"MedFedPure analysis {stem}", "Author": None,
-                                              "Subject": DISCLAIMER})
+    pic = Image.fromarray(image)
+    pic.save(png, format="PNG", compress_level=3)
+    pic.save(pdf, format="PDF", resolution=100.0, title=f"MedFedPure analysis {stem}", author="", subject=DISCLAIMER,
+             creator="MedFedPure demo", producer="MedFedPure demo", quality=92)
     js.write_text(json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return [png, pdf, js]
 
@@ -303,18 +640,28 @@ def jsonable(obj):
 
 
 # ------------------------------------------------------------------------------------------------ batch
-def batch_row(file: str, result=None, *, error: str | None = None, frame=None, scan: str = "") -> dict:
-    """One row of the batch table (BATCH_COLUMNS) from a ScanResult, or an error row."""
-    row = dict.fromkeys(BATCH_COLUMNS, "")
-    row.update(file=file, scan_id=scan, frame="" if frame is None else frame)
+def batch_row(row: int, result=None, *, error: str | None = None, frame=None, scan: str = "",
+              blank: bool = False) -> dict:
+    """One row of the batch table (BATCH_COLUMNS) from a ScanResult, or an error row. `row` counts from 1 in
+    upload order; the scan is named by its pixel hash only."""
+    out = dict.fromkeys(BATCH_COLUMNS, "")
+    out.update(row=int(row), scan_id=scan, frame="" if frame is None else frame)
     if result is None:
-        row["error"] = error or "failed"
-        return row
-    row.update(prediction=pretty(result.prediction), score=round(float(result.score), 6),
-               threshold=round(float(result.threshold), 6), flagged=bool(result.flagged), t_star=int(result.t_star),
-               final_prediction=pretty(result.final_prediction),
-               p_final=round(float(max(result.final_probabilities)), 4), error="")
-    return row
+        out["status"] = f"error: {error or 'failed'}"
+        return out
+    ind = getattr(result, "in_distribution", None)
+    unknown = blank or ind is False
+    status = "ok" if not unknown else ("blank image: no diagnosis" if blank else
+                                       "not a brain MRI slice the model knows: no diagnosis")
+    ttype = getattr(result, "tumour_type", None)
+    out.update(status=status, answer="" if unknown else pretty(result.final_prediction),
+               p_answer="" if unknown else round(float(max(result.final_probabilities)), 4),
+               tumour_type=pretty(ttype) if ttype and not unknown and is_tumour(result.final_prediction) else "",
+               in_distribution="" if ind is None else bool(ind),
+               flagged=bool(result.flagged), score=round(float(result.score), 6),
+               threshold=round(float(result.threshold), 6), t_star=int(result.t_star),
+               before_defence=pretty(result.prediction))
+    return out
 
 
 def write_batch_csv(rows: list[dict], path: str | Path) -> Path:
@@ -326,3 +673,19 @@ def write_batch_csv(rows: list[dict], path: str | Path) -> Path:
         for row in rows:
             writer.writerow(row)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ messages
+def user_message(exc: Exception, name: str = "scan") -> str:
+    """A reader error for the page: without the display name the reader was given (the app passes a neutral one,
+    never the file's), and without software installation advice, which means nothing to a clinician."""
+    text = str(exc)
+    for prefix in (f"{name}: ", f"{name}:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    if "no decoder for it is installed" in text:
+        text = text.split(" and no decoder", 1)[0] + (", which this server cannot decode. Export the image "
+                                                      "uncompressed (or as PNG) and upload it again.")
+    text = text.strip()
+    return (text[:1].upper() + text[1:]) if text else "The file could not be read as a scan."

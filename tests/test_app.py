@@ -1,18 +1,26 @@
-"""The Gradio app end to end through gradio_client: /analyze (JPEG, DICOM, bad file), /analyze_batch, reports.
+"""The Gradio app end to end through gradio_client ("/analyze", "/analyze_batch") and through its callbacks.
 
 The app runs in this process on a free port with the real bundled checkpoints when present, else with an untrained
-tiny checkpoint built into a temp folder (predictions meaningless, plumbing identical).
+tiny checkpoint built into a temp folder (predictions meaningless, plumbing identical). What is checked, besides
+the numbers: no file name or DICOM tag anywhere (outputs, exports, API errors, log), uploads deleted once read,
+report folders deleted at session end and after the keep time, the time budget and the Stop flag, per-step
+progress, the out-of-distribution verdict and the tumour type.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
+import logging
 import os
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,6 +32,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "assets" / "examples"
 REAL_CHECKPOINT = REPO_ROOT / "pretrained" / "classifier" / "model.safetensors"
+SECRET_NAME = "Doe_Jane_MRN-123456"  # an uploaded file's name: must never come back from the app
+SECRETS = ("Doe_Jane", "Doe^Jane", "MRN-123456", "SECRET-ID", "Doe", "Jane")
 
 
 def free_port() -> int:
@@ -69,6 +79,7 @@ def make_dicom(path: Path, frames: int = 3, size: int = 96) -> Path:
     ds.Modality = "MR"
     ds.PatientName = "Doe^Jane"  # must never reach the page or a report
     ds.PatientID = "SECRET-ID-123"
+    ds.InstitutionName = "MRN-123456 General"
     ds.NumberOfFrames = frames
     ds.Rows, ds.Columns = size, size
     ds.SamplesPerPixel = 1
@@ -82,105 +93,151 @@ def make_dicom(path: Path, frames: int = 3, size: int = 96) -> Path:
     return path
 
 
+def assert_no_secret(text: str, where: str = "") -> None:
+    """No part of the uploaded file's name or its identifying DICOM tags in `text`. Inline pictures (base64) and
+    binary files (PNG, PDF: decoded as latin-1) are only searched for the long secrets, which cannot occur there
+    by chance (a 3-letter word does, in 100 kB of base64)."""
+    import re
+
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
+    binary = "%PDF" in text or "\x89PNG" in text or "IHDR" in text
+    for s in SECRETS:
+        if binary and len(s) < 8:
+            continue
+        assert s not in text, f"{s!r} leaked into {where or 'the output'}"
+
+
+class LogCapture(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record) + ("\n" + str(record.exc_text) if record.exc_text else ""))
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """(gradio_client.Client, app module, pipeline) for an app served on 127.0.0.1:<free port>."""
+    """(gradio_client.Client, app module, pipeline, demo) for an app served on 127.0.0.1:<free port>."""
     tmp = tmp_path_factory.mktemp("app")
     os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp / "gradio"))
     app = import_app()
     pipe = app.load_pipeline(model_source(tmp))
-    demo = app.build_demo(pipe, workdir=tmp / "work")
+    demo = app.build_demo(pipe)
     port = free_port()
     app.launch(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     from gradio_client import Client
 
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-    yield client, app, pipe
+    yield client, app, pipe, demo
     client.close()
     demo.close()
 
 
-def _probs(label: dict) -> dict:
-    return {c["label"]: c["confidence"] for c in label["confidences"]}
+@pytest.fixture
+def app_log():
+    logger = logging.getLogger("medfedpure.app")
+    cap = LogCapture()
+    logger.addHandler(cap)
+    yield cap
+    logger.removeHandler(cap)
+
+
+def details_of(out) -> dict:
+    verdict, panels, compare, timings, details, report = out
+    return details
 
 
 def check_analysis(out, pipe, hospital: int = 0) -> dict:
-    (orig, adv, pert, pert_md, rec, err, pur, score_img, before, after, verdict, slider, timings, details,
-     report) = out
-    for path in (orig, adv, rec):
-        img = np.asarray(Image.open(path))
-        assert img.shape[:2] == (128, 128)
-    assert np.asarray(Image.open(err)).shape == (128, 128, 3)
-    assert np.asarray(Image.open(pert)).shape == (128, 128, 3)
-    assert np.asarray(Image.open(score_img)).std() > 5  # a drawn plot, not a blank canvas
-    assert "L-inf" in pert_md and "PSNR" in pert_md
-    names = {c.replace("_", " ") for c in pipe.class_names}
-    p_before, p_after = _probs(before), _probs(after)
-    assert set(p_before) == set(p_after) == names
-    assert sum(p_before.values()) == pytest.approx(1.0, abs=1e-4)
-    assert sum(p_after.values()) == pytest.approx(1.0, abs=1e-4)
-    assert before["label"] == max(p_before, key=p_before.get)
+    verdict, panels, compare, timings, details, report = out
+    assert panels.count("<figure") == 6 and "data:image/png;base64," in panels
+    assert "<svg" in panels and "detector score" in panels  # the score plot
+    for title in ("Original", "MAE reconstruction", "Detector map", "Purified"):
+        assert title in panels
     res = details["result"]
     assert res["hospital"] == hospital
     assert res["flagged"] == (res["score"] > res["threshold"])
     assert res["threshold"] == pytest.approx(pipe.threshold(hospital))
-    assert res["probabilities"] == pytest.approx([p_before[c.replace("_", " ")] for c in pipe.class_names], abs=1e-6)
-    assert res["final_probabilities"] == pytest.approx([p_after[c.replace("_", " ")] for c in pipe.class_names],
-                                                       abs=1e-6)
+    assert sum(res["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert sum(res["final_probabilities"]) == pytest.approx(1.0, abs=1e-4)
     assert ("Flagged as suspicious" in verdict) == res["flagged"]
+    assert ("Not flagged" in verdict) == (not res["flagged"])
     assert 0.0 <= details["clean_percentile"] <= 100.0
-    assert (pur is not None) == (res["t_star"] > 0) == (res["purified_probabilities"] is not None)
-    assert len(slider) == 2 and all(Path(p).is_file() for p in slider)
-    assert "Device" in timings and details["device"] in timings
+    purified = res["t_star"] > 0
+    assert purified == (res["purified_probabilities"] is not None)
+    if purified:
+        assert compare is not None and len(compare) == 2 and all(Path(p).is_file() for p in compare)
+        assert "Purified (t* =" in panels
+    else:
+        assert compare is None and "Not purified" in panels or "Defence off" in panels
+    assert "Device" in timings and details["device"] in timings and "total" in timings
     if report is not None:
         assert sorted(Path(p).suffix for p in report) == [".json", ".pdf", ".png"]
     assert details["disclaimer"].startswith("Research demo")
+    assert "Out-of-distribution check" in verdict or "No diagnosis" in verdict
     return details
 
 
-def test_analyze_example_jpeg_with_pgd(served):
-    client, app, pipe = served
-    out = client.predict(handle_file(EXAMPLES / "y1431.jpg"), 0, "pgd", 0.03, 3, api_name="/analyze")
+def upload_names(demo) -> list[str]:
+    return [p.name for p in Path(demo.GRADIO_CACHE).rglob("*") if p.is_file()]
+
+
+# ------------------------------------------------------------------------------------------------ API
+def test_analyze_example_jpeg_with_pgd(served, tmp_path):
+    client, app, pipe, demo = served
+    scan = tmp_path / f"{SECRET_NAME}.jpg"
+    scan.write_bytes((EXAMPLES / "y1431.jpg").read_bytes())
+    out = client.predict(handle_file(scan), 0, "pgd", 0.03, 3, True, True, api_name="/analyze")
     details = check_analysis(out, pipe)
     stats = details["perturbation"]
     assert 0 < stats["linf"] <= 0.03 + 1e-6  # projected onto the eps-ball
     assert stats["l2"] > 0 and 20 < stats["psnr_db"] < 80
     assert details["attack"]["name"] == "pgd" and details["clean"] is not None
     assert details["scan"]["id"].startswith("scan-") and details["scan"]["width"] == 319
+    assert "Analysed scan (pgd attack)" in out[1] and "amplified" in out[1]
     # the report names the scan by its hash, never by the uploaded file's name
     report = {Path(p).suffix: Path(p) for p in out[-1]}
     assert report[".png"].name == f"medfedpure-{details['scan']['id']}.png"
     assert report[".pdf"].read_bytes()[:5] == b"%PDF-"
     saved = json.loads(report[".json"].read_text())
     assert saved["result"]["score"] == pytest.approx(details["result"]["score"])
-    assert "y1431" not in report[".json"].read_text() and "y1431" not in report[".pdf"].read_bytes().decode("latin-1")
-    assert np.asarray(Image.open(report[".png"])).std() > 10
+    picture = np.asarray(Image.open(report[".png"]).convert("RGB"))
+    assert picture.shape[1] == 1100 and picture.std() > 10
+    assert_no_secret(json.dumps(out[4]) + out[0] + out[1] + out[3], "the outputs")
+    for p in report.values():
+        assert_no_secret(p.read_bytes().decode("latin-1"), p.name)
+    assert not any(SECRET_NAME in n for n in upload_names(demo)), "the upload outlived its reading"
 
 
 def test_analyze_dicom_frame_and_purify_always(served, tmp_path):
-    client, app, pipe = served
-    dcm = make_dicom(tmp_path / "series_0001.dcm", frames=3)
+    client, app, pipe, demo = served
+    dcm = make_dicom(tmp_path / f"{SECRET_NAME}.dcm", frames=3)
     h = pipe.hospitals[-1]
-    out = client.predict(handle_file(dcm), h, "none", 0.03, 1, True, True, 7, 2, api_name="/analyze")
+    # frames count from 1, as the page does ("frame 3 of 3")
+    out = client.predict(handle_file(dcm), h, "none", 0.03, 1, True, True, 7, 3, api_name="/analyze")
     details = check_analysis(out, pipe, hospital=h)
     assert details["scan"]["format"] == "DICOM" and details["scan"]["frames"] == 3 and details["scan"]["frame"] == 2
     assert details["scan"]["modality"] == "MR" and details["scan"]["bits_stored"] == 12
     assert details["perturbation"]["linf"] == 0 and details["perturbation"]["psnr_db"] == "inf"
     assert details["defence"] == {"on": True, "purify": "always"}
-    assert details["result"]["t_star"] > 0 and out[6] is not None  # purified even if not flagged
-    text = json.dumps(details) + "".join(Path(p).read_bytes().decode("latin-1") for p in out[-1])
-    assert "Doe" not in text and "SECRET-ID" not in text and "series_0001" not in text
+    assert details["result"]["t_star"] > 0 and out[2] is not None  # purified even if not flagged
+    assert "No attack" in out[1]  # the analysed-scan panel says why it is empty
+    assert_no_secret(json.dumps(details) + out[0] + out[1])
+    for p in out[-1]:
+        assert_no_secret(Path(p).read_bytes().decode("latin-1"), Path(p).name)
+    assert not any(SECRET_NAME in n for n in upload_names(demo))
 
 
-def test_bad_file_is_a_clear_error_and_the_app_keeps_serving(served, tmp_path):
+def test_bad_files_and_settings_are_one_line_errors_naming_no_file(served, tmp_path, app_log, capfd):
     from gradio_client.exceptions import AppError
 
-    client, app, pipe = served
-    bad = tmp_path / "notes.png"
+    client, app, pipe, demo = served
+    bad = tmp_path / f"{SECRET_NAME}.png"
     bad.write_text("this is a text file, not a scan\n")
-    with pytest.raises(AppError, match=r"notes\.png: .*not an image"):
+    with pytest.raises(AppError, match=r"not an image file") as err:
         client.predict(handle_file(bad), 0, api_name="/analyze")
-    with pytest.raises(AppError, match=r"frame"):
+    assert_no_secret(str(err.value), "the API error")
+    with pytest.raises(AppError, match=r"Frame 5 does not exist: the file has only frame 1"):
         client.predict(handle_file(EXAMPLES / "no35.jpg"), 0, "none", 0.03, 1, True, False, 0, 5, api_name="/analyze")
     with pytest.raises(AppError, match=r"Unknown hospital 99; this checkpoint has hospitals"):
         client.predict(handle_file(EXAMPLES / "no35.jpg"), 99, api_name="/analyze")
@@ -188,55 +245,85 @@ def test_bad_file_is_a_clear_error_and_the_app_keeps_serving(served, tmp_path):
         client.predict(handle_file(EXAMPLES / "no35.jpg"), "0", "cw", api_name="/analyze")
     with pytest.raises(AppError, match=r"Upload a scan"):
         client.predict(None, 0, api_name="/analyze")
+    lim = app.Limits.for_device(pipe.device)
+    with pytest.raises(AppError, match=rf"steps must be between 1 and {lim.steps_max}"):
+        client.predict(handle_file(EXAMPLES / "no35.jpg"), 0, "pgd", 0.03, lim.steps_max + 1, api_name="/analyze")
+    with pytest.raises(AppError, match=rf"EOT samples must be between 1 and {lim.eot_max}"):
+        client.predict(handle_file(EXAMPLES / "no35.jpg"), 0, "adaptive", 0.03, 1, True, False, 0, 0,
+                       lim.eot_max + 1, api_name="/analyze")
     # the next request is answered normally (hospital given as text works too, attack names are case-blind)
     out = client.predict(handle_file(EXAMPLES / "no35.jpg"), "0", "FGSM", 0.02, api_name="/analyze")
     details = check_analysis(out, pipe)
     assert details["perturbation"]["linf"] == pytest.approx(0.02, abs=1e-5)
+    # the log: one line per user error, no traceback (ours or Gradio's), no file name
+    errors = [ln for ln in app_log.lines if "user error" in ln]
+    assert len(errors) >= 7 and all("\n" not in ln for ln in errors)
+    captured = capfd.readouterr()
+    log_text = "\n".join(app_log.lines) + captured.err + captured.out
+    assert "Traceback" not in log_text
+    assert_no_secret(log_text, "the log")
+    assert not any(SECRET_NAME in n for n in upload_names(demo))
 
 
 def test_defence_off_never_purifies(served):
-    client, app, pipe = served
+    client, app, pipe, demo = served
     out = client.predict(handle_file(EXAMPLES / "no411.jpg"), 0, "none", 0.03, 1, False, True, make_report=False,
                          api_name="/analyze")
     assert out[-1] is None  # no report asked for
-    details = check_analysis(out[:-1] + (None,), pipe)
+    details = check_analysis(out, pipe)
     assert details["defence"] == {"on": False, "purify": "never"}
-    assert details["result"]["t_star"] == 0 and out[6] is None
+    assert details["result"]["t_star"] == 0 and out[2] is None
     assert details["result"]["final_probabilities"] == details["result"]["probabilities"]
-    assert "Defence is off" in out[10]
+    assert "Defence is off" in out[0] and "defence off" in out[0]
+    assert "after the defence" not in out[1] and "Answer (defence off" in out[1]
+    assert "Defence off: nothing is purified" in out[1]
+
+
+def test_blank_image_gets_no_diagnosis(served, tmp_path):
+    client, app, pipe, demo = served
+    blank = tmp_path / "black.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(blank)
+    out = client.predict(handle_file(blank), 0, "pgd", 0.03, 2, api_name="/analyze")
+    verdict, details = out[0], out[4]
+    assert "No diagnosis: the image is blank" in verdict and "Answer:" not in verdict
+    assert details["diagnosis_shown"] is False and details["blank"] is True
+    assert "Not meaningful" in out[1]
 
 
 def test_batch_with_a_bad_file(served, tmp_path):
-    client, app, pipe = served
-    bad = tmp_path / "broken.png"
+    client, app, pipe, demo = served
+    bad = tmp_path / f"{SECRET_NAME}.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature and nothing behind it
-    dcm = make_dicom(tmp_path / "slice.dcm", frames=1)
+    dcm = make_dicom(tmp_path / f"{SECRET_NAME}_slice.dcm", frames=1)
     files = [handle_file(p) for p in (EXAMPLES / "y1349.jpg", bad, dcm)]
     table, csv_path, status = client.predict(files, 0, api_name="/analyze_batch")
     headers, rows = table["headers"], table["data"]
-    assert headers == app.render.BATCH_COLUMNS
-    assert len(rows) == 3
-    by_file = {r[0]: dict(zip(headers, r)) for r in rows}
-    assert [r[0] for r in rows] == ["y1349.jpg", "broken.png", "slice.dcm"]  # upload order kept
-    assert "broken.png" in by_file["broken.png"]["error"] and by_file["broken.png"]["prediction"] == ""
-    for name in ("y1349.jpg", "slice.dcm"):
-        row = by_file[name]
-        assert row["error"] == "" and row["scan_id"].startswith("scan-")
-        assert row["prediction"] in {c.replace("_", " ") for c in pipe.class_names}
+    assert headers == app.render.BATCH_COLUMNS and "file" not in headers
+    assert headers.index("status") < 4  # readable without scrolling
+    assert [r[0] for r in rows] == [1, 2, 3]  # upload order kept, numbered from 1
+    by_row = {r[0]: dict(zip(headers, r)) for r in rows}
+    assert by_row[2]["status"].startswith("error:") and by_row[2]["answer"] == ""
+    for n in (1, 3):
+        row = by_row[n]
+        assert row["status"] == "ok" and row["scan_id"].startswith("scan-")
+        assert row["answer"] in {c.replace("_", " ") for c in pipe.class_names}
         assert row["flagged"] == (row["score"] > row["threshold"])
-        assert 0.5 <= row["p_final"] <= 1.0
+        assert 0.5 <= row["p_answer"] <= 1.0
     assert "2 analysed, 1 error" in status
+    text = Path(csv_path).read_text()
+    assert_no_secret(json.dumps(table) + status + text, "the batch table or CSV")
     with open(csv_path, newline="") as handle:
         saved = list(csv.DictReader(handle))
-    assert [r["file"] for r in saved] == ["y1349.jpg", "broken.png", "slice.dcm"]
-    assert saved[1]["error"] and not saved[0]["error"]
-    assert float(saved[0]["score"]) == pytest.approx(by_file["y1349.jpg"]["score"], rel=1e-5)
+    assert [r["row"] for r in saved] == ["1", "2", "3"]
+    assert saved[1]["status"].startswith("error") and saved[0]["status"] == "ok"
+    assert float(saved[0]["score"]) == pytest.approx(by_row[1]["score"], rel=1e-5)
+    assert not any(SECRET_NAME in n for n in upload_names(demo))
 
 
 def test_batch_with_attack_and_no_files(served):
     from gradio_client.exceptions import AppError
 
-    client, app, pipe = served
+    client, app, pipe, demo = served
     files = [handle_file(EXAMPLES / "no427.jpg"), handle_file(EXAMPLES / "y1493.jpg")]
     table, _, status = client.predict(files, 0, "fgsm", 0.03, api_name="/analyze_batch")
     assert len(table["data"]) == 2 and "2 analysed, 0 error" in status and "attack fgsm" in status
@@ -245,20 +332,220 @@ def test_batch_with_attack_and_no_files(served):
 
 
 def test_page_and_api_info(served):
-    client, app, pipe = served
+    client, app, pipe, demo = served
     info = client.view_api(print_info=False, return_format="dict")
     endpoints = info["named_endpoints"]
-    assert "/analyze" in endpoints and "/analyze_batch" in endpoints
+    assert set(endpoints) == {"/analyze", "/analyze_batch"}  # the page's own events are private
     names = [p["parameter_name"] for p in endpoints["/analyze"]["parameters"]]
-    assert names[:5] == ["scan", "hospital", "attack", "eps", "steps"]
-    assert names[5:] == ["defence", "purify_always", "seed", "frame", "eot", "make_report"]
-    assert len(endpoints["/analyze"]["returns"]) == 15
+    assert names == ["scan", "hospital", "attack", "eps", "steps", "defence", "purify_always", "seed", "frame", "eot",
+                     "make_report"]
+    assert len(endpoints["/analyze"]["returns"]) == 6
     import urllib.request
 
     html = urllib.request.urlopen(client.src, timeout=30).read().decode()
     assert "MedFedPure" in html
+    config = json.dumps(demo.get_config_file())
+    lim = demo.app_state.limits
+    assert f"each analysis stops after {demo.app_state.time_budget_s:.0f} s" in config  # the budget is stated
+    assert f"at most {lim.steps_max} attack steps" in config
 
 
+# ------------------------------------------------------------------------------------------------ callbacks
+def _req(name: str = "s1"):
+    return SimpleNamespace(session_hash=name)
+
+
+def _upload(demo, src: Path, name: str) -> str:
+    """A copy of src where Gradio puts an upload (its temp folder, a folder of its own), as the browser would."""
+    folder = Path(demo.GRADIO_CACHE) / f"upload-{name}-{time.monotonic_ns()}"
+    folder.mkdir(parents=True)
+    dst = folder / name
+    dst.write_bytes(Path(src).read_bytes())
+    return str(dst)
+
+
+def test_upload_preview_frame_picker_and_deletion(served, tmp_path):
+    client, app, pipe, demo = served
+    ui = demo.app_state
+    req = _req("frames")
+    dcm = make_dicom(tmp_path / "multi.dcm", frames=5)
+    path = _upload(demo, dcm, f"{SECRET_NAME}.dcm")
+    preview, info, slider, box, *results = ui.inspect(path, req)
+    assert not Path(path).exists() and not Path(path).parent.exists(), "the upload was not deleted once read"
+    assert box["value"] is None  # the upload box is emptied: its file name leaves the page
+    assert results[0] == "" and results[1] == "" and results[4] is None  # every old result cleared
+    assert "data:image/png;base64," in preview
+    assert slider["visible"] is True and slider["minimum"] == 1 and slider["maximum"] == 5
+    assert slider["value"] == 3  # the reader's default, the middle frame, counted from 1
+    assert "DICOM" in info and "frame 3 of 5" in info and "MR" in info and "window" in info and "scan-" in info
+    assert_no_secret(info + preview)
+    preview5, info5 = ui.preview_frame(5, req)  # from memory: the file is gone
+    assert "frame 5 of 5" in info5 and preview5 != preview
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 5, 1, False, req)
+    assert out[4]["scan"]["frame"] == 4
+    _, info1, slider1, *_ = ui.inspect(str(EXAMPLES / "no35.jpg"), req)
+    assert slider1["visible"] is False and "JPEG" in info1
+    assert (EXAMPLES / "no35.jpg").is_file()  # a file outside Gradio's temp folder is never deleted
+    bad = _upload(demo, tmp_path / "multi.dcm", f"{SECRET_NAME}_bad.dcm")
+    Path(bad).write_bytes(b"\x00" * 128 + b"DICM" + b"\x01" * 10)
+    with pytest.warns(UserWarning, match=r"Cannot read this file"):  # gr.Warning outside a request: warnings.warn
+        none, message, hidden, *_ = ui.inspect(bad, req)
+    assert none is None and "Cannot read" in message and hidden["visible"] is False
+    assert_no_secret(message)
+    assert not Path(bad).exists()
+    # the failed upload replaced the last scan: Analyse says so instead of showing the old scan's answer
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, req)
+    assert out[0].startswith("### Cannot analyse") and "No scan is loaded" in out[0]
+    assert out[1:] == ("", out[2], "", None, None) and out[2]["visible"] is False
+
+
+def test_report_folders_deleted_at_session_end_and_after_the_keep_time(served):
+    client, app, pipe, demo = served
+    ui = demo.app_state
+    req = _req("reports")
+    ui.inspect(str(EXAMPLES / "y1349.jpg"), req)
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, True, 0, 0, 1, True, req)
+    files = [Path(p) for p in out[5]] + [Path(p) for p in out[2]["value"]]
+    assert all(p.is_file() for p in files)
+    folder = files[0].parent.parent
+    assert folder.parent == ui.sessions.workdir
+    ui.end_session(req)  # what Gradio's unload event calls when the page is closed
+    assert not folder.exists() and ui.sessions.peek("reports") is None
+    # bounded time: the sweeper removes folders and idle sessions older than keep_s
+    ui.inspect(str(EXAMPLES / "y1349.jpg"), req)
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, True, req)
+    report = Path(out[5][0])
+    assert ui.sessions.sweep() == 0 and report.is_file()  # young: kept
+    assert ui.sessions.sweep(now=time.time() + ui.sessions.keep_s + 5) >= 1  # old: the session and its folders
+    assert not report.exists() and ui.sessions.peek("reports") is None
+    assert ui.sessions._sweeper is not None and ui.sessions._sweeper.is_alive()
+
+
+class _Progress:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, value, desc=None):
+        self.calls.append((value, desc))
+
+
+def test_per_step_progress_for_attack_and_purification(served):
+    client, app, pipe, demo = served
+    ui = demo.app_state
+    req = _req("progress")
+    ui.inspect(str(EXAMPLES / "y1493.jpg"), req)
+    progress = _Progress()
+    out = ui.analyze_ui(0, "pgd", 0.03, 5, True, True, 0, 0, 1, False, req, progress)
+    assert out[0].startswith("### Answer") or out[0].startswith("### No diagnosis")
+    steps = [v for v, d in progress.calls if d and d.startswith("PGD attack") and v is not None]
+    assert steps == [(k, 5) for k in range(6)]  # stage start, then each of the 5 steps
+    ddim = pipe.ddim_steps
+    pur = [v for v, d in progress.calls if d and "purification step" in d and v is not None]
+    assert pur == [(k, ddim) for k in range(ddim + 1)]
+
+
+def test_time_budget_stops_a_long_attack(served):
+    client, app, pipe, demo = served
+    ui = app.DemoApp(pipe, time_budget_s=2)
+    req = _req("budget")
+    ui.inspect(str(EXAMPLES / "y1493.jpg"), req)
+    t = time.perf_counter()
+    out = ui.analyze_ui(0, "adaptive", 0.03, 10, True, False, 0, 0, 1, True, req)
+    assert time.perf_counter() - t < 30
+    assert out[0].startswith("### Stopped") and "time budget of 2 s per analysis ran out during" in out[0]
+    assert out[1:] == ("", out[2], "", None, None)  # nothing of the unfinished analysis is shown
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="time budget"):
+        ui.analyze(str(EXAMPLES / "y1493.jpg"), 0, "adaptive", 0.03, 10, True, False, 0, 0, 1, False, req)
+    ui.sessions.close()
+
+
+def test_stop_ends_a_running_request(served):
+    client, app, pipe, demo = served
+    ui = demo.app_state
+    req = _req("stop")
+    ui.inspect(str(EXAMPLES / "y1493.jpg"), req)
+    started = threading.Event()
+
+    class Progress(_Progress):
+        def __call__(self, value, desc=None):
+            super().__call__(value, desc)
+            if desc and "attack" in desc and value and value[0] >= 1:
+                started.set()
+
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        out=ui.analyze_ui(0, "adaptive", 0.03, 10, True, False, 0, 0, 1, True, req, Progress())))
+    worker.start()
+    assert started.wait(120), "the attack never reported a step"
+    t = time.perf_counter()
+    assert ui.stop(req).startswith("### Stopped")
+    worker.join(60)
+    assert not worker.is_alive() and time.perf_counter() - t < 20
+    assert result["out"][0].startswith("### Stopped") and "your request" in result["out"][0]
+    assert ui.stop(req) is not None and not ui.sessions.get("stop").cancels  # nothing left running
+
+
+class _FakeModel:
+    """The real pipeline, with the out-of-distribution verdict and tumour type the new model adds."""
+
+    def __init__(self, pipe, in_distribution, tumour_type="meningioma"):
+        self._pipe, self._ind, self._type = pipe, in_distribution, tumour_type
+        self.tumour_types = ["glioma", "meningioma", "pituitary"]
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def analyze(self, *args, **kwargs):
+        result = self._pipe.analyze(*args, **kwargs)
+        probs = {"glioma": 0.2, "meningioma": 0.7, "pituitary": 0.1}
+        result.scans = [dataclasses.replace(r, in_distribution=self._ind, ood_score=2.5 if not self._ind else 0.5,
+                                            ood_threshold=1.0, tumour_type=self._type,
+                                            tumour_type_probabilities=probs) for r in result.scans]
+        return result
+
+
+def test_out_of_distribution_scan_gets_no_diagnosis(served):
+    client, app, pipe, demo = served
+    ui = app.DemoApp(_FakeModel(pipe, in_distribution=False))
+    req = _req("ood")
+    ui.inspect(str(EXAMPLES / "y1431.jpg"), req)
+    verdict, panels, _, _, details, _ = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, req)
+    assert verdict.startswith("### No diagnosis: this does not look like a brain MRI slice the model knows")
+    assert "score 2.5 > threshold 1" in verdict and "Answer:" not in verdict and "Tumour type" not in verdict
+    assert "Not meaningful" in panels and "mfp-muted" in panels and "Tumour type" not in panels
+    assert details["diagnosis_shown"] is False and details["result"]["in_distribution"] is False
+    rows = ui._batch([(1, ui.sessions.get("ood").scan, None)], 0, "none", 0.0, 1, True, False, 0, req,
+                     app_progress_tracker(), time.perf_counter())[0]
+    row = rows.iloc[0].to_dict()
+    assert "no diagnosis" in row["status"] and row["answer"] == "" and row["in_distribution"] is False
+    ui.sessions.close()
+
+
+def app_progress_tracker():
+    from medfedpure.app_progress import Tracker
+
+    return Tracker(None)
+
+
+def test_tumour_type_is_shown_beside_a_tumour_decision(served):
+    client, app, pipe, demo = served
+    ui = app.DemoApp(_FakeModel(pipe, in_distribution=True))
+    req = _req("type")
+    ui.inspect(str(EXAMPLES / "y1431.jpg"), req)
+    verdict, panels, _, _, details, _ = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, req)
+    final = details["result"]["final_prediction"]
+    assert "looks like the brain MRI slices the model was trained on" in verdict
+    if app.render.is_tumour(final):
+        assert "Tumour type: most like **meningioma** (70%; glioma 20%, pituitary 10%)" in verdict
+        assert "Tumour type (the answer is tumour)" in panels
+    else:
+        assert "Tumour type: not applicable, the answer is no tumour" in verdict
+    ui.sessions.close()
+
+
+# ------------------------------------------------------------------------------------------------ pure helpers
 def test_render_helpers():
     from medfedpure import app_render as r
 
@@ -274,35 +561,97 @@ def test_render_helpers():
     assert s["psnr_db"] == pytest.approx(10 * np.log10(64 / 0.25))  # MSE 0.25 / 64
     img, factor = r.perturbation_image(a, b)
     assert img.shape == (8, 8, 3) and factor == pytest.approx(2.0)
+    assert tuple(img[0, 0]) == tuple(r.lut("RdBu_r")[255]) and tuple(img[1, 1]) == tuple(r.lut("RdBu_r")[128])
     assert r.error_overlay(a, np.abs(b)).shape == (8, 8, 3)
     assert r.scan_id(a) == r.scan_id(a.copy()) != r.scan_id(b)
     assert r.jsonable({"x": float("inf"), "y": np.float32(1.5)}) == {"x": "inf", "y": 1.5}
+    svg = r.score_svg(q, 0.18, 0.25, 0.12)
+    assert svg.count("<line") > 5 and "threshold 0.18" in svg and "this scan 0.25" in svg
+    html = r.panels_html([r.Panel("A", a), r.Panel("B <x>", None, "why & how")])
+    assert "data:image/png;base64," in html and "B &lt;x&gt;" in html and "why &amp; how" in html
+    assert r.is_tumour("tumour") and r.is_tumour("glioma") and not r.is_tumour("no_tumour")
+    assert "0 ms" not in r.timings_markdown({"read": 1.2}, "cpu") and "read 1 ms" in r.timings_markdown(
+        {"read": 1.2}, "cpu")
 
 
-def test_upload_preview_and_frame_picker(served, tmp_path):
-    client, app, pipe = served
-    ui = app.DemoApp(pipe, tmp_path / "work")
-    dcm = make_dicom(tmp_path / "multi.dcm", frames=5)
-    preview, info, slider = ui.inspect(str(dcm))
-    assert Image.open(preview).size == (128, 128)
-    assert slider["visible"] is True and slider["minimum"] == 0 and slider["maximum"] == 4
-    assert slider["value"] == 2  # the reader's default: the middle frame
-    assert "DICOM" in info and "frame 3 of 5" in info and "MR" in info and "window" in info
-    assert "Doe" not in info and "SECRET" not in info
-    preview4, info4 = ui.preview_frame(str(dcm), 4)
-    assert "frame 5 of 5" in info4 and np.asarray(Image.open(preview4)).mean() > np.asarray(Image.open(preview)).mean()
-    _, info1, slider1 = ui.inspect(str(EXAMPLES / "no35.jpg"))
-    assert slider1["visible"] is False and slider1["value"] == -1 and "JPEG" in info1
-    bad = tmp_path / "bad.dcm"
-    bad.write_bytes(b"\x00" * 128 + b"DICM" + b"\x01" * 10)
-    with pytest.warns(UserWarning, match=r"bad\.dcm"):  # gr.Warning outside a request falls back to warnings.warn
-        none, message, hidden = ui.inspect(str(bad))
-    assert none is None and "bad.dcm" in message and hidden["visible"] is False
+def test_colour_maps_match_matplotlib():
+    from matplotlib import colormaps
+
+    from medfedpure import app_render as r
+
+    for name in ("inferno", "RdBu_r"):
+        ref = np.rint(colormaps[name](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+        assert np.array_equal(r.lut(name), ref)
+
+
+def test_verdict_wording_for_the_new_fields():
+    from medfedpure import app_render as r
+
+    base = dict(score=0.2, threshold=0.1, flagged=True, t_star=30, purified=np.zeros((2, 2)), prediction="tumour",
+                purified_prediction="no_tumour", final_prediction="no_tumour", final_probabilities=[0.8, 0.2],
+                tumour_type="glioma", tumour_type_probabilities={"glioma": 0.6, "meningioma": 0.3, "pituitary": 0.1},
+                in_distribution=True, ood_score=0.1, ood_threshold=0.5)
+    text = r.verdict(SimpleNamespace(**base), quantiles=list(np.linspace(0, 0.15, 21)),
+                     statistic="background_highpass", target_fpr=0.05)
+    assert text.startswith("### Answer: no tumour") and "not applicable, the answer is no tumour" in text
+    assert "Flagged as suspicious" in text and "background highpass" in text and "about 5% of clean" in text
+    assert "changed from **tumour** to **no tumour**" in text
+    tumour = SimpleNamespace(**{**base, "final_prediction": "tumour", "purified_prediction": "tumour"})
+    assert "most like **glioma** (60%; meningioma 30%, pituitary 10%)" in r.verdict(tumour)
+    unknown = SimpleNamespace(**{**base, "tumour_type": None, "in_distribution": None})
+    text = r.verdict(unknown, background_fraction=0.0, statistic="background_highpass")
+    assert "not estimated by this model" in text and "not available in this model" in text
+    assert "cannot judge it" in text
+    ood = SimpleNamespace(**{**base, "in_distribution": False, "ood_score": 3.0, "ood_threshold": 1.0})
+    text = r.verdict(ood)
+    assert "No diagnosis" in text and "Answer:" not in text and "score 3 > threshold 1" in text
+    off = r.verdict(SimpleNamespace(**{**base, "purified": None, "t_star": 0}), defence=False)
+    assert "defence off" in off and "Defence is off" in off
+    row = r.batch_row(4, ood, scan="scan-1")
+    assert row["status"].startswith("not a brain MRI") and row["answer"] == "" and row["row"] == 4
+    assert r.batch_row(2, tumour)["tumour_type"] == "glioma" and r.batch_row(2, SimpleNamespace(**base))[
+        "tumour_type"] == ""
+
+
+def test_user_message_names_no_file_and_gives_no_install_advice():
+    from medfedpure import app_render as r
+    from medfedpure.io import ScanReadError
+
+    msg = r.user_message(ScanReadError("scan: the image is compressed with JPEG-LS Lossless Image Compression and no "
+                                       "decoder for it is installed. Install one of: gdcm; pylibjpeg."))
+    assert msg.startswith("The image is compressed with JPEG-LS") and "cannot decode" in msg
+    assert "gdcm" not in msg and "pylibjpeg" not in msg and "Install" not in msg and "scan:" not in msg
+
+
+def test_report_picture_is_fast_and_complete():
+    from medfedpure import app_render as r
+
+    img = np.random.default_rng(0).random((128, 128)).astype(np.float32)
+    panels = [r.Panel("Original", img), r.Panel("Analysed scan", None, "No attack: the original itself is analysed."),
+              r.Panel("Perturbation", None, "No attack"), r.Panel("MAE reconstruction", img),
+              r.Panel("Detector map", r.error_overlay(img, img)), r.Panel("Purified", None, "Not purified")]
+    info = {"name": "scan-abc", "verdict": "Answer: tumour\n\n" + "words " * 120, "header": "hospital 0",
+            "probabilities": {"tumour": 0.6, "no_tumour": 0.4}, "final_probabilities": {"tumour": 0.6, "no_tumour": 0.4},
+            "score": 0.1, "threshold": 0.2, "quantiles": list(np.linspace(0, 0.3, 21)), "timings_ms": {"a": 1.0},
+            "device": "cpu"}
+    r.report_image(panels, info)  # fonts loaded once
+    t = time.perf_counter()
+    picture = r.report_image(panels, info)
+    assert time.perf_counter() - t < 1.0  # ~30 ms on an idle 2-core CPU; loose for a busy machine
+    assert picture.shape[1] == 1100 and picture.std() > 10
+    # the verdict is drawn above the footer, not under it: the last rows are the footer on white
+    assert (picture[-8:] == 255).all()
+
+
+def test_limits_follow_the_hardware():
+    app = import_app()
+    cpu, gpu = app.Limits.for_device("cpu"), app.Limits.for_device("cuda:0")
+    assert gpu.device == "GPU" and cpu.device == "CPU"
+    assert cpu.steps_max < gpu.steps_max and cpu.eot_max < gpu.eot_max and cpu.adaptive_steps_max <= cpu.steps_max
+    assert "stops after 60 s" in cpu.text(60) and "no time limit" in cpu.text(0)
 
 
 def test_model_summary_reads_the_card_and_survives_its_absence(tmp_path):
-    from types import SimpleNamespace
-
     app = import_app()
     (tmp_path / "classifier").mkdir()
     (tmp_path / "classifier" / "config.json").write_text(json.dumps(
@@ -314,6 +663,7 @@ def test_model_summary_reads_the_card_and_survives_its_absence(tmp_path):
     summary, card = app.model_summary(pipe)
     assert "10 hospitals" in summary and "20 federated rounds" in summary and "br35h" in summary
     assert "| pgd | 97.00% |" in summary and "Licence" not in summary and card.startswith("# Card")
+    assert "Tumour type:** not estimated" in summary
     empty = SimpleNamespace(source=SimpleNamespace(path=tmp_path / "nothing"), source_description="somewhere",
                             class_names=["a", "b"], hospitals=[0])
     summary, card = app.model_summary(empty)
@@ -321,8 +671,8 @@ def test_model_summary_reads_the_card_and_survives_its_absence(tmp_path):
 
 
 def test_adaptive_attack_through_the_whole_defence(served):
-    client, app, pipe = served
-    out = client.predict(handle_file(EXAMPLES / "y1493.jpg"), 0, "adaptive", 0.02, 1, True, False, 0, -1, 1,
+    client, app, pipe, demo = served
+    out = client.predict(handle_file(EXAMPLES / "y1493.jpg"), 0, "adaptive", 0.02, 1, True, False, 0, 0, 1,
                          False, api_name="/analyze")
     details = check_analysis(out, pipe)
     assert details["attack"]["name"] == "adaptive" and details["attack"]["eot"] == 1
