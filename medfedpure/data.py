@@ -434,6 +434,7 @@ def make_split(
     min_train: int = DEFAULT_MIN_TRAIN,
     min_val: int = DEFAULT_MIN_VAL,
     max_attempts: int = MAX_PARTITION_ATTEMPTS,
+    fixed: Sequence[str] | None = None,
 ) -> Partition:
     """Group-aware, class-stratified test / val / train split, then a Dirichlet(alpha) hospital partition.
 
@@ -444,6 +445,8 @@ def make_split(
     follow its own label mix). Draws are repeated (deterministically) until every hospital has >= min_train
     train and >= min_val val scans. Test rows get hospital -1. Test, val and partition use independent
     random streams from `seed`: changing the hospital settings leaves test and val unchanged.
+    `fixed`: per row, "test" (its group is test), "notest" (its group is train or val, chosen as above) or ""
+    (free); a group with any "test" row is test. Fixed groups do not count towards the free groups' test share.
     """
     labels = np.asarray(labels, dtype=np.int64)
     groups = np.asarray(groups, dtype=np.int64)
@@ -461,12 +464,20 @@ def make_split(
     test_rng, val_rng, part_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
 
     gsplit = np.array(["train"] * len(gsize), dtype=object)
+    held = np.zeros(len(gsize), dtype=bool)  # groups whose test / not-test side is already decided
+    if fixed is not None:
+        for g, f in zip(groups.tolist(), fixed):
+            if f == "test":
+                gsplit[g] = "test"
+            elif f not in ("", "notest"):
+                raise ValueError(f"fixed split must be 'test', 'notest' or '', not {f!r}")
+            held[g] |= bool(f)
     for c in range(n_classes):
-        members = np.flatnonzero(glabel == c)
+        members = np.flatnonzero((glabel == c) & ~held)
         total = int(gsize[members].sum())
         test = _pick(members[test_rng.permutation(len(members))].tolist(), gsize, round(test_fraction * total))
         gsplit[test] = "test"
-        rest = np.array([g for g in members if gsplit[g] == "train"], dtype=np.int64)
+        rest = np.flatnonzero((glabel == c) & (gsplit == "train"))  # free and kept-not-test groups alike
         rest_total = int(gsize[rest].sum())
         val = _pick(rest[val_rng.permutation(len(rest))].tolist(), gsize, round(val_fraction * rest_total))
         gsplit[val] = "val"

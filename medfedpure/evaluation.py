@@ -122,6 +122,18 @@ class ScanSet:
     names: list[str]     # paths relative to the data folder (stable per-scan keys)
     home: np.ndarray     # int64 (N,): the scan's hospital for train/val rows, -1 otherwise
     info: dict
+    source: np.ndarray | None = None       # str (N,): source (and site) name per scan, for per-source metrics
+    groups: np.ndarray | None = None       # int64 (N,): duplicate group / patient, for bootstrap intervals
+    tumour_type: np.ndarray | None = None  # int64 (N,): index into TUMOUR_TYPES, -1 unknown or no tumour
+
+    def __post_init__(self):
+        n = len(self.labels)
+        if self.source is None:
+            self.source = np.full(n, "", dtype=object)
+        if self.groups is None:
+            self.groups = np.arange(n, dtype=np.int64)
+        if self.tumour_type is None:
+            self.tumour_type = np.full(n, -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -149,28 +161,53 @@ def _stratified_pick(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
+def _external_scans(data_dir, classes: str | None):
+    """Every labelled scan of a folder (class folders from `classes` or a known layout), grouped by copies."""
+    from medfedpure import data as datamod
+    from medfedpure.config import TUMOUR_TYPES
+    from medfedpure.sources import detect_class_map, parse_class_map
+
+    class_map = parse_class_map(classes) if classes else detect_class_map(data_dir)
+    records, types = [], []
+    for folder, (label, kind) in class_map.items():
+        recs = datamod.list_labelled(data_dir, {folder: label})
+        records += recs
+        types += [TUMOUR_TYPES.index(kind) if kind else -1] * len(recs)
+    order = np.argsort([r.path for r in records], kind="stable")
+    records, types = [records[i] for i in order], np.asarray(types, dtype=np.int64)[order]
+    folder = datamod.read_folder(data_dir, records)
+    if folder.errors:
+        listed = "; ".join(list(folder.errors.values())[:10])
+        raise datamod.DataError(f"{len(folder.errors)} file(s) in {data_dir} cannot be read: {listed}")
+    groups = datamod.find_duplicate_groups(folder.images, folder.sha256).group
+    top = np.array([r.path.split("/", 1)[0] for r in records], dtype=object)
+    mapping = {k: (["no_tumour", "tumour"][v[0]] + (":" + v[1] if v[1] else "")) for k, v in class_map.items()}
+    return folder.images, np.array([r.label for r in records], np.int64), [r.path for r in records], groups, \
+        types, top, mapping
+
+
 def load_scans(data_dir, split: str = "test", split_csv=None, hospitals=None, limit: int | None = None,
-               seed: int = 0) -> ScanSet:
+               seed: int = 0, classes: str | None = None) -> ScanSet:
     """The scans to evaluate. test/val: the split CSV's rows, every file's sha256 checked (`load_split_scans`);
     all: every labelled scan in `data_dir` (an external data set in the same folder layout, no CSV).
     `limit`: a seeded class-stratified subset of at most `limit` scans (per hospital for val)."""
     from medfedpure import data as datamod
 
     if split == "all":
-        records = datamod.list_labelled(data_dir)
-        folder = datamod.read_folder(data_dir, records)
-        if folder.errors:
-            listed = "; ".join(list(folder.errors.values())[:10])
-            raise datamod.DataError(f"{len(folder.errors)} file(s) in {data_dir} cannot be read: {listed}")
-        images, labels = folder.images, np.array([r.label for r in records], dtype=np.int64)
-        names, home = [r.path for r in records], np.full(len(records), -1, dtype=np.int64)
-        info = {"split": "all", "split_csv": None, "split_sha256": None, "sha256_checked": False}
+        images, labels, names, groups, types, source, mapping = _external_scans(data_dir, classes)
+        home = np.full(len(labels), -1, dtype=np.int64)
+        source = np.full(len(labels), Path(data_dir).name, dtype=object)
+        info = {"split": "all", "split_csv": None, "split_sha256": None, "sha256_checked": False,
+                "classes": mapping, "groups": int(len(np.unique(groups)))}
     elif split in ("test", "val"):
         if split_csv is None or not Path(split_csv).is_file():
             raise datamod.DataError(f"split file not found: {split_csv}")
         cache = datamod.load_split_scans(data_dir, split_csv, split,
                                          hospital=list(hospitals) if split == "val" and hospitals else None)
         images, labels, names, home = cache.images, cache.labels, list(cache.paths), cache.hospital
+        groups, types = cache.group, cache.tumour_type
+        sites = _sites(split_csv, names)
+        source = np.array([f"{s}:{t}" if t else s for s, t in zip(cache.source.tolist(), sites)], dtype=object)
         info = {"split": split, "split_csv": Path(split_csv).name, "split_sha256": cache.split_sha256,
                 "sha256_checked": True}
     else:
@@ -184,10 +221,19 @@ def load_scans(data_dir, split: str = "test", split_csv=None, hospitals=None, li
         else:
             keep = _stratified_pick(labels, limit, seed)
         images, labels, home = images[keep], labels[keep], home[keep]
+        groups, types, source = groups[keep], types[keep], source[keep]
         names = [names[i] for i in keep]
     info.update(dir=_relative(Path(data_dir).resolve()), n_available=int(n_available), limit=limit, n=int(len(labels)),
                 class_counts={str(c): int((labels == c).sum()) for c in np.unique(labels)})
-    return ScanSet(images, labels, names, np.asarray(home, dtype=np.int64), info)
+    return ScanSet(images, labels, names, np.asarray(home, dtype=np.int64), info, np.asarray(source, dtype=object),
+                   np.asarray(groups, dtype=np.int64), np.asarray(types, dtype=np.int64))
+
+
+def _sites(split_csv, names: list[str]) -> list[str]:
+    from medfedpure.data import read_split
+
+    site = {r.path: r.site for r in read_split(split_csv)}
+    return [site.get(n, "") for n in names]
 
 
 def make_pairs(scans: ScanSet, hospitals: list[int], mode: str = "all", seed: int = 0) -> dict[int, np.ndarray]:
@@ -430,6 +476,7 @@ def evaluate(pipe, scans: ScanSet, settings: EvalSettings | None = None, hospita
     lap("clean_scores", t0)
 
     per_h: dict[int, dict] = {}
+    clean_preds: dict[int, tuple] = {}
     per_attack: list[dict] = [{"spec": s, "per_hospital": {}, "neg": [], "pos": [], "points": {}} for s in plan]
     for h in sorted(pairs):
         idx = pairs[h]
@@ -441,6 +488,7 @@ def evaluate(pipe, scans: ScanSet, settings: EvalSettings | None = None, hospita
 
         t0 = time.perf_counter()
         pred = defence.logp(model, x).argmax(1)
+        clean_preds[h] = (idx, pred.cpu().numpy(), _type_predictions(model, x, settings.batch_size))
         s = clean_scores[idx]
         flag = s > thr
         t_main = pipe.t_star(s, h, settings.purify)
@@ -564,6 +612,7 @@ def evaluate(pipe, scans: ScanSet, settings: EvalSettings | None = None, hospita
         "pairs": "own val scans" if scans.info.get("split") == "val" else settings.pairs,
         "data": scans.info,
         **{k: clean.get(k) for k in ("clean_accuracy", "clean_accuracy_defended")},
+        **decision_metrics(scans, clean_preds, seed=settings.seed),
         "robust_accuracy_undefended": headline.get("robust_accuracy_undefended"),
         "robust_accuracy_defended": headline.get("robust_accuracy_defended"),
         "detection_auroc": headline.get("detection_auroc"),
@@ -591,6 +640,51 @@ def evaluate(pipe, scans: ScanSet, settings: EvalSettings | None = None, hospita
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return results
+
+
+@torch.no_grad()
+def _type_predictions(model, x: torch.Tensor, batch_size: int) -> np.ndarray | None:
+    if not hasattr(model, "tumour_type_log_proba"):
+        return None
+    out = []
+    for i in range(0, len(x), batch_size):
+        logp = model.tumour_type_log_proba(x[i:i + batch_size])
+        if logp is None:
+            return None
+        out.append(logp.argmax(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def decision_metrics(scans: ScanSet, clean_preds: dict[int, tuple], seed: int = 0, n_boot: int = 1000) -> dict:
+    """Undefended clean decisions pooled over every (hospital, scan) pair: balanced accuracy, sensitivity,
+    specificity, per class and per source, with 95% intervals from a bootstrap over duplicate groups / patients
+    (never over slices); tumour-type accuracy on the tumour scans whose type is known."""
+    from medfedpure.metrics import breakdown
+
+    if not clean_preds:
+        return {}
+    idx = np.concatenate([v[0] for v in clean_preds.values()])
+    pred = np.concatenate([v[1] for v in clean_preds.values()])
+    y, groups, source = scans.labels[idx], scans.groups[idx], scans.source[idx].astype(str)
+    overall = breakdown(pred, y, groups, None, n_boot, seed)["all"]
+    per_source = breakdown(pred, y, groups, source, n_boot, seed) if len(set(source.tolist()) - {""}) else {}
+    out = {"balanced_accuracy": overall["balanced_accuracy"], "sensitivity": overall["sensitivity"],
+           "specificity": overall["specificity"], "decision": overall, "per_source": per_source,
+           "per_class": {"tumour": {"n": overall["n_tumour"], "recall": overall["sensitivity"]},
+                         "no_tumour": {"n": overall["n_no_tumour"], "recall": overall["specificity"]}}}
+    types = [v[2] for v in clean_preds.values()]
+    if all(t is not None for t in types):
+        t_pred, t_true = np.concatenate(types), scans.tumour_type[idx]
+        known = t_true >= 0
+        out["tumour_type_accuracy"] = float((t_pred[known] == t_true[known]).mean()) if known.any() else None
+        out["tumour_type_n"] = int(known.sum())
+        if known.any():
+            from medfedpure.config import TUMOUR_TYPES
+
+            out["tumour_type_per_class"] = {
+                name: float((t_pred[known & (t_true == k)] == k).mean())
+                for k, name in enumerate(TUMOUR_TYPES) if (known & (t_true == k)).any()}
+    return out
 
 
 def _target_text(name: str, settings: EvalSettings) -> str:

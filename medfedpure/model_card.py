@@ -77,6 +77,99 @@ def _recalibration_note(training: dict, score: str) -> str:
             f"--rounds 0 --set init-from=runs/mae --set score={score} --out runs/calibrated`); ")
 
 
+def _portable(path) -> str:
+    return Path(str(path)).as_posix().split("/work/")[-1] if path else ""
+
+
+def _br35h_data_section(split: dict, split_hash: str, clf: dict, counts: dict) -> str:
+    return f"""## Data
+- Br35H :: Brain Tumor Detection 2020 (Kaggle, Ahmed Hamada), 1500 tumour + 1500 no-tumour slices; licence not
+  stated by its authors (research/educational use).
+- Split `split.csv` (sha256 `{split_hash}`): group-aware (exact and near-duplicate slices never cross splits),
+  class-stratified, seed {split.get('seed', 'n/a')}: {', '.join(f'{k} {sum(v.values())}' for k, v in counts.items()) or 'see split.json'} scans.
+- {clf.get('training', {}).get('num-hospitals', len(clf.get('hospitals', [])))} hospitals: train and validation scans
+  partitioned with label skew Dirichlet(alpha = {split.get('alpha', 'n/a')}); each hospital keeps its own validation
+  scans (personalised evaluation, detector calibration). Test scans belong to no hospital.
+"""
+
+
+def _data_section(split: dict, split_hash: str, clf: dict) -> str:
+    sc = split.get("source_counts", {}).get("source", {})
+    rows = []
+    for src, splits in sc.items():
+        cells = [f"{splits.get(k, {}).get('no_tumour', 0)} / {splits.get(k, {}).get('tumour', 0)}"
+                 for k in ("train", "val", "test")]
+        rows.append(f"| {src} | " + " | ".join(cells) + " |")
+    sites = ", ".join(f"{k} = hospital {v}" for k, v in split.get("sites", {}).items())
+    kept = ", ".join(f"{k} keeps `{v['csv']}`" for k, v in split.get("kept_splits", {}).items())
+    return f"""## Data
+Three sources, declared in `sources.toml` (see `../shared/data/*/SOURCE.md` of the repository for provenance):
+- **br35h**: Br35H :: Brain Tumor Detection 2020 (Kaggle, Ahmed Hamada), tumour / no tumour, no type.
+- **nickparvar_tumour**: tumour slices with their type from the Kaggle "Brain Tumor MRI Dataset" (Masoud
+  Nickparvar; figshare, SARTAJ), copies of Br35H removed, no tumour-free slices.
+- **tcga_lgg_flair**: FLAIR slices of 79 lower-grade-glioma patients (TCGA-LGG via Buda et al. 2019) from two
+  real institutions, DU and HT, both classes.
+
+Split `split.csv` (sha256 `{split_hash}`, seed {split.get('seed', 'n/a')}): exact and near copies found across all
+sources, the sources' duplicate tables and patients are groups that never cross splits; test / val / train by
+whole groups, stratified by source and class{'; ' + kept + ' (its test scans stay test: the Br35H-only models never saw them)' if kept else ''}.
+Scans (no tumour / tumour):
+
+| source | train | val | test |
+|---|---|---|---|
+{chr(10).join(rows)}
+
+{split.get('hospitals')} hospitals: {split.get('partition_hospitals')} simulated ones share Br35H and the Nickparvar
+scans with label skew Dirichlet(alpha = {split.get('alpha')}) over (source, class); the TCGA sites are hospitals of
+their own ({sites}). Each hospital keeps its own validation scans. Test scans belong to no hospital.
+"""
+
+
+def _commands(multi: bool, t_clf: dict, t_det: dict, det: dict) -> str:
+    if not multi:
+        return ("Commands: `python -m medfedpure train all --data ../shared/data/br35h --split pretrained/split.csv "
+                f"--out runs`; {_recalibration_note(t_det, det.get('score'))}`python -m medfedpure release --runs "
+                f"runs --out pretrained`.")
+    return ("Commands: see the README, \"Train\" (`data split --sources sources.toml --keep-split "
+            "br35h=splits/br35h.csv`, `train classifier --sources sources.toml`, the detector's recalibration for "
+            "these hospitals, `scripts/fit_ood.py`, `release`).")
+
+
+def _ood_line(clf: dict) -> str:
+    ood = clf.get("ood")
+    if not ood:
+        return ""
+    return (f"- Out-of-distribution check: Mahalanobis distance of the trunk's features to the nearest class mean "
+            f"(shared covariance, fitted on {ood.get('fitted_on')}); threshold {ood['threshold']:.2f} = "
+            f"{ood['margin']} x the {100 * ood['quantile']:.1f}th percentile on {ood.get('calibrated_on')}; "
+            "flat frames are always out of distribution (`medfedpure/ood.py`, `reports/ood.md`).")
+
+
+def _generalisation_section(results_dir: Path | None) -> str:
+    path = (results_dir / "generalisation.json") if results_dir else None
+    if path is None or not path.is_file():
+        return ""
+    from medfedpure.metrics import format_ci
+
+    g = json.loads(path.read_text())
+    lines = ["## Generalisation (test split, clean, undefended; `reports/generalisation.md`)", "",
+             "| scans | n | balanced accuracy [95% CI] | sensitivity | specificity |", "|---|---|---|---|---|",
+             f"| all test scans | {g['overall']['n']} | {format_ci(g['overall'], 'balanced_accuracy')} | "
+             f"{format_ci(g['overall'], 'sensitivity')} | {format_ci(g['overall'], 'specificity')} |"]
+    for name, rec in {**g.get("per_dataset", {}), **{k: v for k, v in g.get("per_source", {}).items() if ":" in k},
+                      **{f"held-out site {k} (leave-one-site-out run)": v
+                         for k, v in g.get("leave_one_site_out", {}).items()}}.items():
+        lines.append(f"| {name} | {rec['n']} | {format_ci(rec, 'balanced_accuracy')} | "
+                     f"{format_ci(rec, 'sensitivity')} | {format_ci(rec, 'specificity')} |")
+    if g.get("tumour_type"):
+        t = g["tumour_type"]
+        lines += ["", f"Tumour type accuracy on the {t['n_scans']} test scans whose source names it: "
+                      f"{100 * t['accuracy']:.1f}% [{100 * t['ci'][0]:.1f}, {100 * t['ci'][1]:.1f}]."]
+    lines.append("n counts (hospital model, scan) pairs: every hospital's model on every test scan; intervals "
+                 "bootstrap whole duplicate groups / patients.")
+    return "\n".join(lines) + "\n"
+
+
 def write_model_card(folder: Path, results_dir: Path | None = None) -> Path:
     folder = Path(folder)
     clf = json.loads((folder / "classifier" / "config.json").read_text())
@@ -89,36 +182,37 @@ def write_model_card(folder: Path, results_dir: Path | None = None) -> Path:
     t_clf, t_det, t_pur = clf.get("training", {}), det.get("training", {}), pur.get("training", {})
     counts = split.get("counts", {}).get("split", {})
     thresholds = ", ".join(f"{h}: {c['threshold']:.4f}" for h, c in det.get("calibration", {}).items())
+    multi = bool(split.get("sources"))
+    data_text = _data_section(split, split_hash, clf) if multi else _br35h_data_section(split, split_hash, clf, counts)
+    title = ("Br35H + Nickparvar + TCGA-LGG FLAIR; 8 simulated hospitals and 2 real TCGA sites" if multi
+             else "Br35H, 10 simulated hospitals")
+    type_note = ("" if not clf.get("num_types") else
+                 " The tumour type (glioma, meningioma, pituitary) is shown beside it, learnt only from the Nickparvar\n"
+                 "  scans (mostly T1 contrast-enhanced): read it only when the decision is tumour, and not for other "
+                 "sequences.")
     text = f"""---
 license: apache-2.0
 library_name: medfedpure
 pipeline_tag: image-classification
 tags: [medical-imaging, mri, brain-tumor, federated-learning, flower, adversarial-robustness, diffusion, masked-autoencoder]
-datasets: [br35h]
+datasets: [{'br35h, nickparvar-brain-tumor-mri, tcga-lgg' if multi else 'br35h'}]
 ---
 
-# MedFedPure checkpoints (Br35H, 10 simulated hospitals)
+# MedFedPure checkpoints ({title})
 
-Personalised federated brain-tumour MRI classifier ({_architecture(clf)}, one gate per hospital), MAE
-adversarial-scan detector and DDPM purifier, trained with Flower on the Br35H data set. Reimplementation of {PAPER}; code: medfedpure {__version__}.
+Personalised federated brain-tumour MRI classifier ({_architecture(clf)}, one gate per hospital{
+', a tumour-type head and an out-of-distribution check' if clf.get('num_types') else ''}), MAE
+adversarial-scan detector and DDPM purifier, trained with Flower. Reimplementation of {PAPER}; code: medfedpure {__version__}.
 
 ## Intended use and limits
 - **Research and teaching only. Not a medical device**; not validated for diagnosis or any clinical decision.
-- Binary task: tumour / no tumour on single axial MRI slices (128 x 128, grayscale). Br35H mixes sequences and
-  sources; performance on other scanners, sequences or populations is unknown.
-- The defence is evaluated against the attacks in the table below only; adaptive attackers may do better.
-- Br35H's 3000 files hold only a few hundred distinct slices (near-duplicate groups); the test split is
-  group-disjoint from training, but small in independent slices: read the spread, not only the mean.
+- The decision is tumour / no tumour on single MRI slices (128 x 128, grayscale).{type_note}
+- Tumour-free training scans come from Br35H and the TCGA-LGG FLAIR volumes only (almost all axial); the tumour
+  scans of the tumour-only source are mostly sagittal or coronal. See `reports/generalisation.md` for the checks
+  that the classifier did not learn "this source's look" or "not axial" as "tumour", and their limits.
+- The defence is evaluated against the attacks in the reports only; adaptive attackers may do better.
 
-## Data
-- Br35H :: Brain Tumor Detection 2020 (Kaggle, Ahmed Hamada), 1500 tumour + 1500 no-tumour slices; licence not
-  stated by its authors (research/educational use).
-- Split `split.csv` (sha256 `{split_hash}`): group-aware (exact and near-duplicate slices never cross splits),
-  class-stratified, seed {split.get('seed', 'n/a')}: {', '.join(f'{k} {sum(v.values())}' for k, v in counts.items()) or 'see split.json'} scans.
-- {clf.get('training', {}).get('num-hospitals', len(clf.get('hospitals', [])))} hospitals: train and validation scans
-  partitioned with label skew Dirichlet(alpha = {split.get('alpha', 'n/a')}); each hospital keeps its own validation
-  scans (personalised evaluation, detector calibration). Test scans belong to no hospital.
-
+{data_text}
 ## Training (federated, {t_clf.get('engine', 'flower').replace('flower-', 'Flower ')} engine)
 | model | files | rounds | local epochs | lr | wall time |
 |---|---|---|---|---|---|
@@ -126,12 +220,13 @@ adversarial-scan detector and DDPM purifier, trained with Flower on the Br35H da
 | MAE detector | `detector/` | {t_det.get('num-rounds')} | {t_det.get('local-epochs')} | {t_det.get('lr')} | {t_det.get('train_seconds')} s |
 | DDPM purifier | `purifier/` | {t_pur.get('num-rounds')} | {t_pur.get('local-epochs')} | {t_pur.get('lr')} | {t_pur.get('train_seconds')} s |
 
-Commands: `python -m medfedpure train all --data ../shared/data/br35h --split pretrained/split.csv --out runs`;
-{_recalibration_note(t_det, det.get('score'))}`python -m medfedpure release --runs runs{' --detector runs/calibrated/mae' if t_det.get('recalibrated_from') else ''} --out pretrained`. Seed {t_clf.get('seed')}. FedAvg over the hospitals
-weighted by scan counts; non-finite or >10x-scaled updates rejected. Classifier loss: class weighting
-`{t_clf.get('class-balance', 'none')}` (balanced: each hospital weights both classes equally). The classifier's gates never left the
+{_commands(multi, t_clf, t_det, det)} Seed {t_clf.get('seed')}. FedAvg over the hospitals weighted by scan counts;
+non-finite or >10x-scaled updates rejected. Classifier: class balance `{t_clf.get('class-balance', 'none')}`{
+' (each hospital draws its scans so that both classes, and every source within a class, count equally)' if t_clf.get('class-balance') == 'sampled' else ''},
+augmentation `{t_clf.get('augmentation', 'mild')}`, input normalisation `{clf.get('input_norm', 'dataset')}`{
+f", warm start from `{_portable(t_clf.get('init-from'))}`" if t_clf.get('init-from') else ''}. The classifier's gates never left the
 hospitals during training; each hospital published its gate once, at release, so the demo can offer its model.
-
+{_ood_line(clf)}
 - Detector: ViT MAE, patch {det['patch_size']}, mask ratio {det['mask_ratio']}; score = `{det.get('score')}`
   (see medfedpure/detector.py) over {4 * det['score_repeats']} complementary masks (every patch hidden equally often);
   per-hospital thresholds at {100 * det['target_fpr']:.0f}% false positives on {_calibration_scans_phrase(det)}
@@ -141,12 +236,15 @@ hospitals during training; each hospital published its gate once, at release, so
   {pur['ddim_steps']} DDIM steps.
 - Weights are float16 safetensors (loaded as float32); every figure below was measured on them.
 
+{_generalisation_section(results_dir)}
 ## Evaluation (leak-free test split; regenerate with `bash scripts/make_report.sh`)
 {_results_table(results_dir)}
-Paper (Table 2, leaky split, non-adaptive PGD eps 0.015): clean 97.67%, robust 49.50% -> 87.33% with the defence.
+Paper (Table 2, Br35H, leaky split, non-adaptive PGD eps 0.015): clean 97.67%, robust 49.50% -> 87.33% with the defence.
 
 ## Licence and citation
-Code and weights: Apache-2.0. Data: Br35H, licence not stated by its authors.
+Code and weights: Apache-2.0. Data: Br35H and the Nickparvar set, licences not stated by their authors (the
+Nickparvar set combines figshare, SARTAJ and Br35H images); TCGA-LGG under The Cancer Imaging Archive's terms
+(cite Buda et al. 2019, Mazurowski et al. 2017 and TCIA).
 
 ```bibtex
 @article{{karami2025medfedpure,

@@ -123,6 +123,7 @@ class MedFedPure:
         self.ddim_steps = int(purification["ddim_steps"])
         self.class_names = list(getattr(classifier, "class_names", ["no_tumour", "tumour"]))
         self.tumour_types = list(getattr(classifier, "tumour_types", []) or [])
+        self.ood = getattr(classifier, "ood_check", None)
         self.source_description = source_description
         for module in (self.classifier, self.mae, self.purifier):
             module.requires_grad_(False)
@@ -220,6 +221,9 @@ class MedFedPure:
         model = self.classifier_for(hospital)
         probs = model(x).exp()
         timings["classify"] = clock.lap()
+        ood = self.ood.check(self.classifier, x) if self.ood is not None else None
+        if ood is not None:
+            timings["ood"] = clock.lap()
         recon, err, score = self.detect(x)
         timings["detect"] = clock.lap()
         thr = self.threshold(hospital)
@@ -253,7 +257,7 @@ class MedFedPure:
                 prediction=self.class_names[int(np.argmax(p_before))],
                 purified_prediction=self.class_names[int(np.argmax(p_after))] if was_purified else None,
                 final_prediction=self.class_names[int(np.argmax(final))], timings_ms=per_scan,
-                **self._type_fields(type_probs, i)))
+                **self._type_fields(type_probs, i), **self._ood_fields(ood, i)))
         return AnalysisResult(results, str(self.device), {k: round(v, 2) for k, v in timings.items()})
 
 
@@ -263,6 +267,11 @@ class MedFedPure:
             return None
         logp = self.classifier_for(hospital).tumour_type_log_proba(x)
         return None if logp is None else logp.exp()
+
+    def _ood_fields(self, ood, i: int) -> dict:
+        if ood is None:
+            return {}
+        return {"in_distribution": bool(ood[0][i]), "ood_score": float(ood[1][i]), "ood_threshold": self.ood.threshold}
 
     def _type_fields(self, type_probs: torch.Tensor | None, i: int) -> dict:
         if type_probs is None:
@@ -294,7 +303,10 @@ def load_classifier(folder: Path):
     state, config = load_weights(folder)
     arch = ("num_classes", "num_experts", "width", "gate_width", "expert_type", "norm", "num_types", "input_norm")
     model = MixtureOfExpertsClassifier(**{k: config[k] for k in arch if k in config})
-    shared = {k: v for k, v in state.items() if not k.startswith("gates.")}
+    from medfedpure.ood import PREFIX as OOD_PREFIX, OodCheck
+
+    ood = OodCheck.from_state(state, config)
+    shared = {k: v for k, v in state.items() if not k.startswith("gates.") and not k.startswith(OOD_PREFIX)}
     missing, unexpected = model.load_state_dict(shared, strict=False)
     missing = [k for k in missing if not k.startswith("gate.") and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -306,6 +318,7 @@ def load_classifier(folder: Path):
         gate.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         gates[int(h)] = gate
     model.tumour_types = list(config.get("tumour_types", [])) if config.get("num_types") else []
+    model.ood_check = ood
     return model.float(), gates, config.get("class_names", ["no_tumour", "tumour"])
 
 

@@ -39,6 +39,7 @@ from medfedpure.data import (
     DataError,
     SplitRow,
     _meta_path,
+    file_sha256,
     _r6,
     _union_find,
     find_duplicate_groups,
@@ -273,8 +274,12 @@ def assign_splits(sources: Sequence[Source], records: Sequence[SourceRecord], gr
                   seed: int = DEFAULT_SEED, hospitals: int = DEFAULT_HOSPITALS, alpha: float = DEFAULT_ALPHA,
                   test_fraction: float = DEFAULT_TEST_FRACTION, val_fraction: float = DEFAULT_VAL_FRACTION,
                   min_train: int = DEFAULT_MIN_TRAIN, min_val: int = DEFAULT_MIN_VAL,
-                  hold_out: Sequence[tuple[str, str]] = ()) -> tuple[np.ndarray, np.ndarray, dict]:
-    """-> (split per record, hospital per record, info). A group follows the unit of its first record."""
+                  hold_out: Sequence[tuple[str, str]] = (),
+                  fixed: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """-> (split per record, hospital per record, info). A group follows the unit of its first record.
+
+    `fixed`: per record, a split it keeps ("" = choose), e.g. Br35H's published split (see `keep_splits`).
+    """
     n = len(records)
     hold = set(hold_out)
     n_sites = _n_sites(sources, records)
@@ -304,7 +309,8 @@ def assign_splits(sources: Sequence[Source], records: Sequence[SourceRecord], gr
         n_h = n_part if unit[0] == "partition" else 1
         part = make_split(strata, group[rows], seed=int(np.random.SeedSequence(unit_seed).generate_state(1)[0]),
                           test_fraction=test_fraction, val_fraction=val_fraction, hospitals=n_h,
-                          alpha=alpha if n_h > 1 else 1.0, min_train=min_train, min_val=min_val)  # fmt: skip
+                          alpha=alpha if n_h > 1 else 1.0, min_train=min_train, min_val=min_val,
+                          fixed=None if fixed is None else [fixed[i] for i in rows])  # fmt: skip
         split[rows] = part.split
         offset = 0 if unit[0] == "partition" else site_ids[(unit[1], unit[2])]
         hosp[rows] = np.where(part.hospital >= 0, part.hospital + offset, -1)
@@ -312,6 +318,27 @@ def assign_splits(sources: Sequence[Source], records: Sequence[SourceRecord], gr
             info["dirichlet_strata"] = [f"{s}:{CLASS_NAMES[c]}" for s, c in strata_names]
             info["dirichlet_proportions"] = [[_r6(v) for v in row] for row in part.proportions.tolist()]
     return split.astype(str), hosp, info
+
+
+def keep_splits(sources: Sequence[Source], records: Sequence[SourceRecord],
+                keep: Mapping[str, Path]) -> list[str] | None:
+    """Per record: the split it keeps from `keep[source]` ("" where none), checking every file's sha256 there."""
+    if not keep:
+        return None
+    from medfedpure.data import read_split
+
+    folder = {s.name: s.folder.rstrip("/") for s in sources}
+    unknown = set(keep) - set(folder)
+    if unknown:
+        raise DataError(f"--keep-split names unknown source(s): {', '.join(sorted(unknown))}")
+    kept: dict[str, str] = {}
+    for name, path in keep.items():
+        for r in read_split(path):
+            kept[f"{folder[name]}/{r.path}"] = "test" if r.split == "test" else "notest"  # val is drawn anew
+    missing = [r.path for r in records if r.source in keep and r.path not in kept]
+    if missing:
+        raise DataError(f"{len(missing)} scan(s) of {', '.join(keep)} are not in the kept split, e.g. {missing[0]}")
+    return [kept.get(r.path, "") if r.source in keep else "" for r in records]
 
 
 def source_counts(rows: Sequence[SplitRow]) -> dict:
@@ -354,8 +381,14 @@ def split_sources(root, sources: Sequence[Source], out_csv, *, seed: int = DEFAU
                   test_fraction: float = DEFAULT_TEST_FRACTION, val_fraction: float = DEFAULT_VAL_FRACTION,
                   min_train: int = DEFAULT_MIN_TRAIN, min_val: int = DEFAULT_MIN_VAL,
                   threshold: float = NEAR_THRESHOLD, crop_threshold: float | None = CROP_THRESHOLD,
-                  hold_out: Sequence[tuple[str, str]] = (), size: int = IMAGE_SIZE) -> SourceSplit:
-    """List, read, group and split every source; write `out_csv` (SOURCE_COLUMNS) and its JSON sidecar."""
+                  hold_out: Sequence[tuple[str, str]] = (), size: int = IMAGE_SIZE,
+                  keep: Mapping[str, Path] | None = None) -> SourceSplit:
+    """List, read, group and split every source; write `out_csv` (SOURCE_COLUMNS) and its JSON sidecar.
+
+    `keep`: source name -> an earlier single-source split CSV of it whose train+val / test assignment its scans
+    keep (hospitals are drawn anew). The shipped split keeps Br35H's own split (`splits/br35h.csv`), so models
+    trained on Br35H alone never saw a scan that is now a test scan, and can be compared or warm-started.
+    """
     root = Path(root)
     records = list_sources(root, sources)
     if not records:
@@ -366,9 +399,14 @@ def split_sources(root, sources: Sequence[Source], out_csv, *, seed: int = DEFAU
         raise DataError(f"{len(scan.errors)} file(s) cannot be read: {listed}. Run `data check`.")
     groups = group_sources(root, sources, records, scan.images, scan.sha256, threshold=threshold,
                            crop_threshold=crop_threshold)  # fmt: skip
+    fixed = keep_splits(sources, records, keep or {})
     split, hosp, info = assign_splits(sources, records, groups.group, seed=seed, hospitals=hospitals, alpha=alpha,
                                       test_fraction=test_fraction, val_fraction=val_fraction,
-                                      min_train=min_train, min_val=min_val, hold_out=hold_out)  # fmt: skip
+                                      min_train=min_train, min_val=min_val, hold_out=hold_out,
+                                      fixed=fixed)  # fmt: skip
+    if keep:
+        info["kept_splits"] = {name: {"csv": Path(path).name, "sha256": file_sha256(path)}
+                               for name, path in sorted(keep.items())}
     rows = [SplitRow(r.path, h, r.label, str(s), int(k), int(g), r.source, r.site, r.tumour_type)
             for r, h, s, k, g in zip(records, scan.sha256, split, hosp, groups.group)]  # fmt: skip
     out_csv = Path(out_csv)
@@ -459,3 +497,67 @@ def check_sources(root, sources: Sequence[Source], size: int = IMAGE_SIZE) -> So
             mixed.append([m.path for m in members])
     return SourceCheck(len(records), counts, dict(scan.errors), int(groups.group.max()) + 1 if len(recs) else 0,
                        cross, mixed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# any labelled folder (external test sets): folder names -> decision classes
+
+# Folder names that mean one class in common public layouts (Br35H yes/no; the four-class Kaggle layout).
+KNOWN_FOLDERS = {
+    "no": "no_tumour", "notumor": "no_tumour", "no_tumor": "no_tumour", "no_tumour": "no_tumour",
+    "notumour": "no_tumour", "healthy": "no_tumour", "normal": "no_tumour",
+    "yes": "tumour", "tumor": "tumour", "tumour": "tumour",
+    "glioma": "tumour:glioma", "glioma_tumor": "tumour:glioma", "meningioma": "tumour:meningioma",
+    "meningioma_tumor": "tumour:meningioma", "pituitary": "tumour:pituitary", "pituitary_tumor": "tumour:pituitary",
+}
+
+
+def parse_class_map(text: str) -> dict[str, tuple[int, str]]:
+    """"glioma,meningioma,pituitary=tumour notumor=no_tumour" -> {folder: (label, type)}.
+
+    Items are separated by spaces or semicolons; each is FOLDER[,FOLDER...]=CLASS with CLASS no_tumour, tumour or
+    tumour:<type>. A folder that is itself a tumour type (glioma, ...) mapped to plain "tumour" keeps its type.
+    The older form "no=0,yes=1" (folder=index) is accepted too.
+    """
+    text = text.strip()
+    if text and all(p.partition("=")[2].strip().isdigit() for p in text.split(",") if p.strip()):
+        from medfedpure.data import parse_classes
+
+        return {k: (v, "") for k, v in parse_classes(text).items()}
+    out: dict[str, tuple[int, str]] = {}
+    for item in text.replace(";", " ").split():
+        folders, sep, target = item.partition("=")
+        if not sep or not folders or not target:
+            raise ValueError(f"bad class mapping {item!r}: expected FOLDER[,FOLDER]=CLASS, e.g. notumor=no_tumour")
+        label, kind = parse_class_target(target)
+        for folder in (f.strip() for f in folders.split(",") if f.strip()):
+            if folder in out:
+                raise ValueError(f"class folder {folder!r} given twice")
+            leaf = folder.rstrip("/").rsplit("/", 1)[-1].lower()
+            out[folder] = (label, kind or (leaf if label == 1 and leaf in TUMOUR_TYPES else ""))
+    if not out:
+        raise ValueError("empty class mapping")
+    return out
+
+
+def detect_class_map(root) -> dict[str, tuple[int, str]]:
+    """The class folders of a labelled folder in a known layout (yes/no, or glioma/meningioma/pituitary/notumor,
+    possibly under one level such as Testing/); DataError listing what was found otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    found: dict[str, tuple[int, str]] = {}
+    for depth_one in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        key = depth_one.name.lower()
+        if key in KNOWN_FOLDERS:
+            found[depth_one.name] = parse_class_target(KNOWN_FOLDERS[key])
+    if not found:  # one level down (Training/, Testing/)
+        for sub in sorted(p for p in root.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
+            key = sub.name.lower()
+            if key in KNOWN_FOLDERS:
+                found[sub.relative_to(root).as_posix()] = parse_class_target(KNOWN_FOLDERS[key])
+    if not found:
+        subs = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DataError(f"no known class folders in {root} (found: {', '.join(subs) or 'none'}); pass --classes, "
+                        f"e.g. --classes 'glioma,meningioma,pituitary=tumour notumor=no_tumour'")
+    return found

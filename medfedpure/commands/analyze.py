@@ -62,6 +62,9 @@ def run(args) -> int:
                        detector_score=res.score, threshold=res.threshold, flagged=res.flagged, t_star=res.t_star,
                        purified_prediction=res.purified_prediction, final_prediction=res.final_prediction,
                        final_probabilities=dict(zip(pipe.class_names, res.final_probabilities)),
+                       tumour_type=res.tumour_type, tumour_type_probabilities=res.tumour_type_probabilities,
+                       in_distribution=res.in_distribution, ood_score=res.ood_score,
+                       ood_threshold=res.ood_threshold,
                        latency_ms=res.timings_ms["total"], timings_ms=res.timings_ms, hospital=args.hospital,
                        attack=args.attack, device=str(pipe.device))
         except ScanReadError as exc:
@@ -74,7 +77,10 @@ def run(args) -> int:
         elif row["ok"]:
             flag = f"FLAGGED (score {row['detector_score']:.4f} > {row['threshold']:.4f}), purified at t*={row['t_star']}" \
                 if row["flagged"] else f"not flagged (score {row['detector_score']:.4f} <= {row['threshold']:.4f})"
-            print(f"{path}: {row['final_prediction']}  [{flag}; before: {row['prediction']}; "
+            kind = f" (looks like {row['tumour_type']}, if a tumour)" if row["tumour_type"] else ""
+            ood = "  NOT LIKE ANY TRAINING SCAN: do not read a diagnosis from it;" \
+                if row["in_distribution"] is False else ""
+            print(f"{path}: {row['final_prediction']}{kind}  [{ood}{flag}; before: {row['prediction']}; "
                   f"{row['latency_ms']:.0f} ms]", flush=True)
         else:
             print(f"{path}: ERROR {row['error']}", file=sys.stderr, flush=True)

@@ -60,6 +60,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--hold-out", action="append", default=[], metavar="SOURCE:SITE",
                    help="with --sources: put every scan of this site in the test split, in no hospital "
                         "(leave-one-site-out), e.g. tcga_lgg_flair:HT")
+    p.add_argument("--keep-split", action="append", default=[], metavar="SOURCE=CSV",
+                   help="with --sources: this source's scans keep their test / not-test side from an earlier split "
+                        "of that source alone (the shipped split: br35h=splits/br35h.csv)")
     p.set_defaults(run=run_split)
 
     c = sub.add_parser("check", help="report unreadable files, duplicate groups and class counts",
@@ -159,6 +162,7 @@ def run_split_sources(args: argparse.Namespace) -> int:
             test_fraction=args.test_fraction, val_fraction=args.val_fraction, min_train=args.min_train,
             min_val=args.min_val, threshold=args.threshold, crop_threshold=args.crop_threshold,
             hold_out=parse_hold_out(args.hold_out), size=args.size,
+            keep={k: Path(v) for k, _, v in (item.partition("=") for item in args.keep_split)},
         )  # fmt: skip
     except (DataError, ValueError) as exc:
         return _error(str(exc))

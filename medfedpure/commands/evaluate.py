@@ -30,6 +30,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="test: the global test split, every hospital's model on every scan; val: each hospital on "
                         "its own val scans; all: every labelled scan in --data (an external data set)")
     p.add_argument("--split-csv", default=None, help="split CSV (default: split.csv beside the model)")
+    p.add_argument("--classes", default=None, metavar="MAP",
+                   help="--split all: class folders, e.g. 'glioma,meningioma,pituitary=tumour notumor=no_tumour' "
+                        "(default: recognised from the folder names: yes/no, or glioma/meningioma/pituitary/notumor, "
+                        "also one level down such as Testing/glioma)")
     p.add_argument("--hospital", default="all", help="hospital id(s), comma-separated, or all")
     p.add_argument("--attack", default="pgd",
                    help="none, fgsm, pgd, pgdl2, cw, eotpgd, adaptive, a comma-separated list, or all "
@@ -115,8 +119,10 @@ def run(args) -> int:
             pipe = with_classifier(pipe, args.classifier)
         hospitals = _hospitals(args.hospital, pipe.hospitals)
         split_csv = Path(args.split_csv) if args.split_csv else Path(pipe.source.path) / "split.csv"
+        if args.classes and args.split != "all":
+            raise ValueError("--classes applies to --split all (a split CSV already says each scan's class)")
         scans = load_scans(args.data, args.split, split_csv if args.split != "all" else None, hospitals,
-                           args.limit, args.seed)
+                           args.limit, args.seed, classes=args.classes)
     except (ValueError, DataError, ModelSourceError, ChecksumError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -137,6 +143,14 @@ def _summary(results: dict) -> str:
     lines = [f"n={results['n']} scans, {results['n_pairs']} pairs; clean accuracy {pct(results['clean_accuracy'])}, "
              f"with the defence {pct(results['clean_accuracy_defended'])}; false-positive rate "
              f"{pct(results['false_positive_rate'])}"]
+    if results.get("balanced_accuracy") is not None:
+        lines.append(f"balanced accuracy {pct(results['balanced_accuracy'])}, sensitivity "
+                     f"{pct(results['sensitivity'])}, specificity {pct(results['specificity'])}"
+                     + (f"; tumour type accuracy {pct(results['tumour_type_accuracy'])}"
+                        if results.get("tumour_type_accuracy") is not None else ""))
+        for name, rec in (results.get("per_source") or {}).items():
+            lines.append(f"  {name}: n={rec['n']}, balanced accuracy {pct(rec['balanced_accuracy'])}, "
+                         f"sensitivity {pct(rec['sensitivity'])}, specificity {pct(rec['specificity'])}")
     for a in results["attacks"]:
         lines.append(f"{a['label']} ({a['target']}): robust accuracy {pct(a['robust_accuracy_undefended'])} "
                      f"undefended -> {pct(a['robust_accuracy_defended'])} defended; detection AUROC "

@@ -17,6 +17,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
                    "folder that holds the declared sources")
     p.add_argument("--sources", help="sources declaration (TOML; the shipped models: sources.toml)")
     p.add_argument("--split", help="split CSV (default: a new group-aware split of --data, written under .cache/)")
+    p.add_argument("--hospitals", type=int, default=None, help="hospitals of a new split (default 10; with --split, "
+                   "the split's own)")
     p.add_argument("--cache", help="preprocessed cache .npz (built from --data and the split when missing)")
     p.add_argument("--out", default="runs", help="output folder; each model goes to OUT/<model>/ (default: runs)")
     p.add_argument("--rounds", type=int, help="federated rounds (default per model)")
@@ -38,25 +40,29 @@ def _parse_value(text: str):
         return text
 
 
-def default_split_path(data: str, sources: str | None, seed: int) -> Path:
+def default_split_path(data: str, sources: str | None, seed: int, hospitals: int = 10) -> Path:
     """Where a split made for this data folder (and sources file) lives: one per folder, never another's."""
     import hashlib
 
     key = str(Path(data).resolve())
     if sources:
         key += "|" + Path(sources).read_text(encoding="utf-8")
-    return DEFAULT_CACHE_DIR / f"split-{hashlib.sha256(key.encode()).hexdigest()[:12]}-seed{seed}.csv"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return DEFAULT_CACHE_DIR / f"split-{digest}-h{hospitals}-seed{seed}.csv"
 
 
 def prepare_data(data: str, split: str | None, cache: str | None, seed: int,
-                 sources: str | None = None) -> tuple[Path, Path]:
+                 sources: str | None = None, hospitals: int | None = None) -> tuple[Path, Path]:
     """The split CSV and its preprocessed cache, creating either when missing.
 
     Without `split`, the split is made of `data` itself (a new user's own folder gets a split of that folder).
     """
     from medfedpure import data as datamod
 
-    split_path = Path(split) if split else default_split_path(data, sources, seed)
+    from medfedpure.config import DEFAULT_HOSPITALS
+
+    hospitals = hospitals or DEFAULT_HOSPITALS
+    split_path = Path(split) if split else default_split_path(data, sources, seed, hospitals)
     if split and not split_path.exists():
         raise datamod.DataError(f"split file not found: {split_path}")
     if not split_path.exists():
@@ -65,9 +71,9 @@ def prepare_data(data: str, split: str | None, cache: str | None, seed: int,
         if sources:
             from medfedpure.sources import load_sources, split_sources
 
-            split_sources(data, load_sources(sources), split_path, seed=seed)
+            split_sources(data, load_sources(sources), split_path, seed=seed, hospitals=hospitals)
         else:
-            datamod.split_folder(data, split_path, seed=seed)
+            datamod.split_folder(data, split_path, seed=seed, hospitals=hospitals)
     cache_path = Path(cache) if cache else DEFAULT_CACHE_DIR / f"cache-{datamod.split_sha256(split_path)[:12]}.npz"
     if not cache_path.exists():
         cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +94,8 @@ def run(args) -> int:
     from medfedpure.federated.simulation import simulate
 
     try:
-        split_path, cache_path = prepare_data(args.data, args.split, args.cache, args.seed, args.sources)
+        split_path, cache_path = prepare_data(args.data, args.split, args.cache, args.seed, args.sources,
+                                              args.hospitals)
     except DataError as exc:
         print(f"error: {exc}", flush=True)
         return 2

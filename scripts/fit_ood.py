@@ -1,0 +1,55 @@
+"""Fit the out-of-distribution check into a classifier run folder (adds `ood.*` tensors and `ood` to config.json).
+
+    python scripts/fit_ood.py --classifier runs/multi/classifier --cache .cache/multi/cache.npz
+
+Means and covariance are sums over every hospital's training features (the same sums each hospital could send
+as sufficient statistics; run here on the pooled cache, not through Flower); the threshold comes from the
+validation scans. The test split is never read. Then `python scripts/ood_report.py` measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> int:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from medfedpure.data import load_cache
+    from medfedpure.ood import fit_ood
+    from medfedpure.pipeline import load_classifier
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--classifier", required=True, type=Path, help="classifier run folder (config.json + weights)")
+    p.add_argument("--cache", required=True, type=Path, help="the preprocessed cache of its split")
+    p.add_argument("--quantile", type=float, default=0.999)
+    p.add_argument("--margin", type=float, default=1.25)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model, _, _ = load_classifier(args.classifier)
+    cache = load_cache(args.cache)
+    train_x, train_y = cache.select("train")
+    val_x, _ = cache.select("val")
+    check, record = fit_ood(model, train_x, train_y, val_x, quantile=args.quantile, margin=args.margin)
+    weights = args.classifier / "model.safetensors"
+    state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("ood.")}
+    dtype = next(iter(state.values())).dtype
+    state.update({k: v.to(dtype) for k, v in check.state_dict().items()})
+    save_file(state, str(weights), metadata={"format": "pt"})
+    cfg_path = args.classifier / "config.json"
+    config = json.loads(cfg_path.read_text())
+    config["ood"] = record
+    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
