@@ -34,6 +34,8 @@ if __name__ == "__main__":
     os.environ["GRADIO_TEMP_DIR"] = str(_PRIVATE_TEMP)
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -72,6 +74,10 @@ EPS_MAX = 0.1
 MAX_BATCH = 64
 MAX_FRAME = 9999  # the frame slider's API bound; the page narrows it to the file's frames
 BATCH_CHUNK = 16
+# Pixel widths of the batch table's columns (render.BATCH_COLUMNS): row, scan and status first, so an error is
+# readable at 1400 px; the numbers after them scroll.
+BATCH_WIDTHS = ["48px", "140px", "250px", "96px", "80px", "96px", "110px", "72px", "84px", "84px", "56px", "110px",
+                "64px"]
 SCAN_NAME = "scan"  # the only name the reader is ever given: its messages never carry the file's own name
 KEEP_FRAMES_BYTES = 256 * 2**20  # a multi-frame file up to this size stays in memory so another frame can be shown
 DEFAULT_CONCURRENCY = int(os.environ.get("MEDFEDPURE_CONCURRENCY", "2"))
@@ -151,6 +157,25 @@ def _upload_roots() -> list[Path]:
     except Exception:  # noqa: BLE001
         pass
     return roots
+
+
+@functools.lru_cache(maxsize=1)
+def _example_digests() -> dict[str, str]:
+    """file name -> sha256 of each example scan shipped with the app."""
+    out = {}
+    for name, _ in EXAMPLES:
+        try:
+            out[name] = hashlib.sha256((EXAMPLES_DIR / name).read_bytes()).hexdigest()
+        except OSError:
+            pass
+    return out
+
+
+def _is_example_copy(path: Path, data: bytes) -> bool:
+    """Gradio's cached copy of one of our examples (same name and bytes): not user data, and Gradio serves the
+    same copy again on the next click of that example, so it is left in place."""
+    digest = _example_digests().get(Path(path).name)
+    return digest is not None and hashlib.sha256(data).hexdigest() == digest
 
 
 def _perturb(pipe, x, y, hospital: int, attack: str, eps: float, steps: int, seed: int, eot: int = 1):
@@ -377,7 +402,7 @@ class DemoApp:
         if item is None:
             raise UserError("Upload a scan (PNG, JPEG or DICOM) or pick an example first.")
         try:
-            data = consume_upload(_file_path(item), _upload_roots())
+            data = consume_upload(_file_path(item), _upload_roots(), keep=_is_example_copy)
         except OSError:
             raise UserError("The uploaded file could not be read; upload it again.") from None
         try:
@@ -675,7 +700,8 @@ class DemoApp:
         if make_report:
             t_report = time.perf_counter()
             header = (f"hospital {hospital} | attack: {attack}" + (f" eps {eps:.4g}" if attacked else "")
-                      + f" | defence {'on' if defence else 'off'} ({purify}) | model: {_model_record(pipe)['description']}")
+                      + f" | defence {'on' if defence else 'off'} ({purify})"
+                      + f" | model: {_model_record(pipe)['description']}")
             record["timings_ms"] = {k: round(v, 1) for k, v in timings.items()}  # the report's own time excluded
             info = {"name": sid, "verdict": record["verdict"], "probabilities": before, "final_probabilities": after,
                     "final_label": "final answer" if defence else "answer (defence off)",
@@ -871,10 +897,10 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
             with gr.Row():
                 with gr.Column(scale=1, min_width=320):
                     scan_in = gr.File(label="Scan: PNG, JPEG or DICOM (read, then deleted at once)",
-                                      file_count="single", type="filepath")
-                    preview = gr.HTML()
-                    scan_info = gr.Markdown()
-                    frame = gr.Slider(0, MAX_FRAME, value=0, step=1, visible=False,
+                                      file_count="single", type="filepath", elem_id="mfp-scan")
+                    preview = gr.HTML(elem_id="mfp-preview")
+                    scan_info = gr.Markdown(elem_id="mfp-scan-info")
+                    frame = gr.Slider(0, MAX_FRAME, value=0, step=1, visible=False, elem_id="mfp-frame",
                                       label="Frame (1 = the first; 0: the default, the middle frame of a DICOM)")
                     gr.Examples(examples=[[str(EXAMPLES_DIR / f)] for f, _ in EXAMPLES], inputs=[scan_in],
                                 example_labels=[f"{lab} ({Path(f).stem})" for f, lab in EXAMPLES],
@@ -886,32 +912,34 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
                     hospital = gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=True,
                                            label="Hospital (whose model and threshold)")
                     attack = gr.Dropdown(ATTACKS, value="none", allow_custom_value=True, label="Attack",
+                                         elem_id="mfp-attack",
                                          info="FGSM/PGD see the classifier only; adaptive back-propagates through "
                                               "the whole defence (slow on a CPU)")
                     eps = gr.Slider(0, EPS_MAX, value=DEFAULT_EPS, step=0.0005, label="eps (L-inf, [0,1] pixels)")
-                    steps = gr.Slider(1, lim.steps_max, value=10, step=1,
+                    steps = gr.Slider(1, lim.steps_max, value=10, step=1, elem_id="mfp-steps",
                                       label=f"steps (PGD at most {lim.steps_max}, adaptive {lim.adaptive_steps_max})")
                     with gr.Row():
-                        defence = gr.Checkbox(value=True, label="Defence on")
-                        purify_always = gr.Checkbox(value=False, label="Purify always (even if not flagged)")
-                    eot = gr.Slider(1, lim.eot_max, value=1, step=1, interactive=False,
+                        defence = gr.Checkbox(value=True, label="Defence on", elem_id="mfp-defence")
+                        purify_always = gr.Checkbox(value=False, label="Purify always (even if not flagged)",
+                                                    elem_id="mfp-purify-always")
+                    eot = gr.Slider(1, lim.eot_max, value=1, step=1, interactive=False, elem_id="mfp-eot",
                                     label=f"EOT samples (adaptive only, at most {lim.eot_max})")
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     make_report = gr.Checkbox(value=True, label="Build the PNG/PDF/JSON report (adds about 0.1 s)")
                     with gr.Row():
-                        run = gr.Button("Analyse", variant="primary")
-                        stop = gr.Button("Stop", variant="stop")
+                        run = gr.Button("Analyse", variant="primary", elem_id="mfp-run")
+                        stop = gr.Button("Stop", variant="stop", elem_id="mfp-stop")
                     gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>")
                 with gr.Column(scale=2):
                     verdict = gr.Markdown(elem_classes="mfp-verdict", elem_id="mfp-verdict")
                     panels = gr.HTML(elem_id="mfp-panels")
                     compare = gr.ImageSlider(label="Analysed scan vs purified (drag the handle)", format="png",
-                                             max_height=360, interactive=False, visible=False)
+                                             max_height=360, interactive=False, visible=False, elem_id="mfp-compare")
                     timings = gr.Markdown(elem_id="mfp-timings")
                     with gr.Accordion("All numbers (JSON)", open=False):
                         details = gr.JSON(label="details")
                     report = gr.File(label="Report: PNG, PDF and JSON (no patient identifiers)",
-                                     file_count="multiple", interactive=False)
+                                     file_count="multiple", interactive=False, elem_id="mfp-report")
             outputs = [verdict, panels, compare, timings, details, report]
             settings = [hospital, attack, eps, steps, defence, purify_always, seed, frame, eot, make_report]
             clear = run.click(app.cleared, None, outputs, queue=False, show_progress="hidden",
@@ -925,7 +953,8 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
             api_in = _api_inputs(hospitals)
             api_btn.click(_gpu(app.analyze, 120), api_in, outputs, api_name="analyze", concurrency_id="analysis")
             scan_in.change(app.inspect, [scan_in], [preview, scan_info, frame, scan_in, *outputs],
-                           api_visibility="private", concurrency_limit=None, show_progress="minimal")
+                           api_visibility="private", concurrency_limit=None, show_progress="minimal",
+                           show_progress_on=[scan_info])
             frame.release(app.preview_frame, [frame], [preview, scan_info], api_visibility="private",
                           concurrency_limit=None)
             frame.release(app.cleared, None, outputs, queue=False, api_visibility="private")
@@ -940,8 +969,9 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
             with gr.Row():
                 with gr.Column(scale=1, min_width=320):
                     b_files = gr.File(label="Scans (read, then deleted at once)", file_count="multiple",
-                                      type="filepath")
-                    b_hospital = gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=True, label="Hospital")
+                                      type="filepath", elem_id="mfp-batch-files")
+                    b_hospital = gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=True,
+                                             label="Hospital")
                     b_attack = gr.Dropdown(ATTACKS[:3], value="none", allow_custom_value=True, label="Attack")
                     with gr.Row():
                         b_eps = gr.Slider(0, EPS_MAX, value=DEFAULT_EPS, step=0.0005, label="eps")
@@ -951,14 +981,14 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
                         b_always = gr.Checkbox(value=False, label="Purify always")
                         b_seed = gr.Number(value=0, precision=0, label="Seed")
                     with gr.Row():
-                        b_run = gr.Button("Analyse all", variant="primary")
-                        b_stop = gr.Button("Stop", variant="stop")
+                        b_run = gr.Button("Analyse all", variant="primary", elem_id="mfp-batch-run")
+                        b_stop = gr.Button("Stop", variant="stop", elem_id="mfp-batch-stop")
                     gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>")
                 with gr.Column(scale=2):
                     b_status = gr.Markdown(elem_id="mfp-batch-status", elem_classes="mfp-verdict")
                     b_table = gr.Dataframe(headers=render.BATCH_COLUMNS, label="Results", interactive=False,
-                                           wrap=True, elem_id="mfp-batch-table")
-                    b_csv = gr.File(label="CSV", interactive=False)
+                                           wrap=True, elem_id="mfp-batch-table", column_widths=BATCH_WIDTHS)
+                    b_csv = gr.File(label="CSV", interactive=False, elem_id="mfp-batch-csv")
             b_outputs = [b_table, b_csv, b_status]
             b_settings = [b_hospital, b_attack, b_eps, b_steps, b_defence, b_always, b_seed]
             b_clear = b_run.click(lambda: (None, None, ""), None, b_outputs, queue=False, show_progress="hidden",
@@ -971,7 +1001,7 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
             b_api.click(_gpu(app.analyze_batch, 300), b_api_in, b_outputs, api_name="analyze_batch",
                         concurrency_id="analysis")
             b_files.change(app.load_batch, [b_files], [b_status, b_files, b_table, b_csv], api_visibility="private",
-                           concurrency_limit=None, show_progress="minimal")
+                           concurrency_limit=None, show_progress="minimal", show_progress_on=[b_status])
             b_defence.change(_toggle_defence, [b_defence], [b_always], queue=False, api_visibility="private")
         gr.Markdown(f"<small>{render.DISCLAIMER} Device: {pipe.device}. Uploaded files are read into memory and "
                     "deleted at once; reports and the scans held in memory are deleted when you close this page, "

@@ -66,15 +66,17 @@ def _inside(path: Path, roots) -> bool:
     return False
 
 
-def consume_upload(path, roots) -> bytes:
+def consume_upload(path, roots, keep=None) -> bytes:
     """Read an uploaded file into memory and delete it (and its folder, when that is now empty).
 
     Only files inside one of `roots` (the Gradio temp folder) are deleted: a path elsewhere (an example shipped
-    with the app, a local file given to the Python API) is read and left alone. Raises OSError when unreadable.
+    with the app, a local file given to the Python API) is read and left alone, and so is a file for which
+    `keep(path, data)` is true (Gradio's cached copy of an example, which it hands out again on the next click).
+    Raises OSError when unreadable.
     """
     p = Path(str(path))
     data = p.read_bytes()
-    if _inside(p, roots):
+    if _inside(p, roots) and not (keep is not None and keep(p, data)):
         try:
             p.unlink()
         except OSError as exc:  # already gone (a second reader), or not ours to delete

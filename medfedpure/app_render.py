@@ -319,7 +319,7 @@ def verdict(result, *, defence: bool = True, attack: str = "none", eps: float = 
     else:
         lines.append(f"Not purified (not flagged); the answer is the classifier's own: **{final}**.")
     if attack != "none":
-        atk = f"{attack.upper() if attack in ('fgsm', 'pgd') else 'Adaptive'} attack (eps {eps:.4g})"
+        atk = f"{attack.upper() if attack in ('fgsm', 'pgd') else 'adaptive'} attack (eps {eps:.4g})"
         if clean_prediction is not None and clean_prediction != result.prediction:
             lines.append(f"The {atk} changed the classifier's answer from **{pretty(clean_prediction)}** to "
                          f"**{pretty(result.prediction)}** (before the defence).")

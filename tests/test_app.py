@@ -631,7 +631,8 @@ def test_report_picture_is_fast_and_complete():
               r.Panel("Perturbation", None, "No attack"), r.Panel("MAE reconstruction", img),
               r.Panel("Detector map", r.error_overlay(img, img)), r.Panel("Purified", None, "Not purified")]
     info = {"name": "scan-abc", "verdict": "Answer: tumour\n\n" + "words " * 120, "header": "hospital 0",
-            "probabilities": {"tumour": 0.6, "no_tumour": 0.4}, "final_probabilities": {"tumour": 0.6, "no_tumour": 0.4},
+            "probabilities": {"tumour": 0.6, "no_tumour": 0.4},
+            "final_probabilities": {"tumour": 0.6, "no_tumour": 0.4},
             "score": 0.1, "threshold": 0.2, "quantiles": list(np.linspace(0, 0.3, 21)), "timings_ms": {"a": 1.0},
             "device": "cpu"}
     r.report_image(panels, info)  # fonts loaded once
