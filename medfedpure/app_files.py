@@ -113,7 +113,11 @@ def install_signal_handlers(cleanup, signals=("SIGTERM", "SIGHUP"), exit_fn=os._
         except Exception as exc:  # noqa: BLE001 - never stay alive because a cleanup step failed
             log.error("cleanup failed: %s", type(exc).__name__)
         finally:
-            logging.shutdown()
+            for h in log.handlers:  # os._exit skips logging's own shutdown
+                try:
+                    h.flush()
+                except Exception:  # noqa: BLE001
+                    pass
             exit_fn(0)
 
     for name in signals:
