@@ -22,6 +22,8 @@
 #   FEDAVG           FedAvg baseline classifier (default pretrained/baselines/fedavg; skipped when absent)
 #   ROUND_PLOT       accuracy-per-round plot to copy (default pretrained/classifier/accuracy_per_round.png)
 #   DEVICE, THREADS  passed to evaluate (--device, --threads)
+#   ONLY             space-separated run names to run (default: all); the others are left out of the report
+#   SPLIT_CSV        split CSV (default: split.csv beside the model)
 #   QUICK=1          plumbing check only: 2 attack steps, 5 CW steps, 1 EOT draw (numbers meaningless)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +54,7 @@ common=(--data "$DATA" --repeats "$REPEATS" --seed 0)
 [ -n "${MODEL:-}" ] && common+=(--model "$MODEL")
 [ -n "${DEVICE:-}" ] && common+=(--device "$DEVICE")
 [ -n "${THREADS:-}" ] && common+=(--threads "$THREADS")
+[ -n "${SPLIT_CSV:-}" ] && common+=(--split-csv "$SPLIT_CSV")
 limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
 ABLATION_LIMIT=${ABLATION_LIMIT:-200}
 ablation_limit=(--limit "$ABLATION_LIMIT")
@@ -65,6 +68,10 @@ done
 
 evaluate() {  # evaluate NAME ARGS...
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
+    echo "== $name: skipped (not in ONLY)" >&2
+    return 0
+  fi
   echo "== $name: evaluate $*" >&2
   local t0; t0=$(date +%s)
   "$PY" -m medfedpure evaluate "${common[@]}" --out "$OUT/runs/$name" "$@"
@@ -104,7 +111,9 @@ fi
 
 # 7. Personalised vs FedAvg (vs local-only) on the hospitals' own held-out scans and the test split, from the
 #    training records shipped beside the checkpoints.
-"$PY" scripts/baselines_table.py --runs pretrained --out "$OUT/baselines.md" >/dev/null
+if [ -z "${ONLY:-}" ]; then
+  "$PY" scripts/baselines_table.py --runs pretrained --out "$OUT/baselines.md" >/dev/null
+fi
 
 wall=$(( $(date +%s) - start ))
 load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)

@@ -28,6 +28,10 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="CPU threads per virtual hospital (default 1; hospitals run in parallel)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu or cuda")
+    from medfedpure.federated.settings import PRESETS
+
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="a named set of settings, e.g. br35h-paper (the Br35H-only "
+                   "paper reproduction: with --data ../shared/data/br35h --split splits/br35h.csv)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run setting, e.g. --set lr=0.002 --set 'model-config={\"width\": 64}'")
     p.set_defaults(run=run)
@@ -119,6 +123,8 @@ def run(args) -> int:
         return 2
     for kind in kinds:
         extra = dict(overrides)
+        if args.preset:
+            extra = {**run_settings.preset(args.preset, kind), **extra}
         if kind == "classifier" and args.mode:
             extra["mode"] = args.mode
             if args.mode != "moe" and args.out == "runs":

@@ -21,7 +21,7 @@ def _hospital_of(reply: Message) -> int:
 
 def _training_summary(settings: dict, summary: dict) -> dict:
     keep = ("seed", "num-rounds", "local-epochs", "lr", "batch-size", "num-hospitals", "mode", "class-balance", "shift",
-            "augmentation", "type-weight")
+            "augmentation", "type-weight", "init-from")
     return {**{k: settings[k] for k in keep if k in settings}, "train_seconds": summary["train_seconds"],
             "engine": settings.get("engine", "flower-deployment")}
 

@@ -52,6 +52,22 @@ PER_MODEL = {
 }
 
 
+# Named sets of overrides. "br35h-paper": the Br35H-only models of the paper reproduction (reports/br35h/):
+# two classes, loss weighting instead of sampling, mild augmentation, dataset normalisation, 40 rounds.
+PRESETS = {
+    "br35h-paper": {
+        "classifier": {"class-balance": "balanced", "augmentation": "mild", "num-rounds": 40,
+                       "model-config": {"num_types": 0, "input_norm": "dataset"}},
+    },
+}
+
+
+def preset(name: str, kind: str) -> dict:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name].get(kind, {}))
+
+
 def resolve(kind: str, overrides: dict | None = None) -> dict:
     """Defaults for `kind`, then overrides; `model-config` may be given as a dict or a JSON string."""
     if kind not in PER_MODEL:
