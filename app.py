@@ -22,7 +22,9 @@ Research demo, not a medical device; not for diagnosis.
 from __future__ import annotations
 
 import os
+import time
 
+_T_START = time.perf_counter()  # for the start-up times in the log
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls to outside hosts
 _PRIVATE_TEMP = None
 if __name__ == "__main__":
@@ -40,7 +42,6 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
-import time  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -53,6 +54,7 @@ from medfedpure import app_render as render  # noqa: E402
 from medfedpure.app_files import (  # noqa: E402
     Loaded, Sessions, consume_upload, install_signal_handlers, private_temp_dir, remove_tree, setup_logging,
 )
+from medfedpure.app_boot import LazyPipeline  # noqa: E402
 from medfedpure.app_progress import Stopped, Tracker, tracking  # noqa: E402
 from medfedpure.io import ScanReadError, dicom_frame_count, read_scan  # noqa: E402
 
@@ -345,11 +347,11 @@ class DemoApp:
 
     def __init__(self, pipe, workdir: str | Path | None = None, *, time_budget_s: float | None = None,
                  keep_s: float | None = None, limits: Limits | None = None):
-        import torch
-
-        self.torch = torch
-        self.pipe = pipe
+        self.pipe = pipe  # a MedFedPure pipeline, or a LazyPipeline still loading (python app.py)
+        self._fixed_limits = limits is not None
         self.limits = limits or Limits.for_device(pipe.device)
+        self._ready = False
+        self._ready_lock = threading.Lock()
         self.time_budget_s = TIME_BUDGET_S if time_budget_s is None else float(time_budget_s)
         root = _temp_root()
         root.mkdir(parents=True, exist_ok=True)
@@ -359,7 +361,55 @@ class DemoApp:
         self.sessions.register_atexit()
         self.sessions.start_sweeper()
         self.workdir = self.sessions.workdir
-        app_progress.install_hooks(pipe)
+
+    @property
+    def torch(self):
+        import torch
+
+        return torch
+
+    def _real_pipe(self, timeout: float | None = None):
+        return self.pipe.wait(timeout) if isinstance(self.pipe, LazyPipeline) else self.pipe
+
+    def ensure_ready(self, tracker: Tracker | None = None, timeout: float | None = None):
+        """Wait for the models (python app.py serves the page before they are loaded), then, once: install the
+        progress hooks and set the limits for the real device."""
+        if self._ready:
+            return
+        if tracker is not None and isinstance(self.pipe, LazyPipeline) and not self.pipe.loaded:
+            tracker.stage("waiting for the models to finish loading")
+        try:
+            real = self._real_pipe(timeout)
+        except RuntimeError as exc:
+            raise UserError(f"The app is not ready: {exc}. Try again in a moment.") from None
+        with self._ready_lock:
+            if not self._ready:
+                app_progress.install_hooks(real)
+                if not self._fixed_limits:
+                    self.limits = Limits.for_device(real.device)
+                self._ready = True
+
+    def page_info(self):
+        """On each page load: the header and limits texts and the attack sliders for the real device (the page
+        may have been built before the models were loaded, from a guess)."""
+        try:
+            self.ensure_ready(timeout=900)
+        except UserError:
+            return (gr.update(),) * 6
+        lim = self.limits
+        text = f"<small>{lim.text(self.time_budget_s)}</small>"
+        return (self.header_text(), text, text,
+                gr.update(maximum=lim.steps_max, label=f"steps (PGD at most {lim.steps_max}, adaptive "
+                                                       f"{lim.adaptive_steps_max})"),
+                gr.update(maximum=lim.eot_max, label=f"EOT samples (adaptive only, at most {lim.eot_max})"),
+                gr.update(maximum=lim.steps_max))
+
+    def header_text(self) -> str:
+        pipe = self.pipe
+        loading = isinstance(pipe, LazyPipeline) and not pipe.loaded
+        device = f"device **{pipe.device}**" + (" (loading the models...)" if loading else "")
+        return (f"**Model:** {pipe.source_description or 'unknown source'} &middot; {device} "
+                f"&middot; hospitals {', '.join(map(str, pipe.hospitals))}")
 
     # --------------------------------------------------------------------------------- requests
     @contextmanager
@@ -371,6 +421,7 @@ class DemoApp:
         tracker = Tracker(self.time_budget_s, cancel, progress)
         try:
             with tracking(tracker):
+                self.ensure_ready(tracker)
                 yield session, tracker
         finally:
             session.cancels.discard(cancel)
@@ -887,8 +938,7 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
             "denoised). An out-of-distribution check, when the model has one, refuses scans unlike any training "
             "scan. Attack a scan and watch each stage. Reimplementation of Karami et al., *MedFedPure*, "
             "arXiv 2511.11625.")
-        gr.Markdown(f"**Model:** {pipe.source_description or 'unknown source'} &middot; device **{pipe.device}** "
-                    f"&middot; hospitals {', '.join(map(str, pipe.hospitals))}")
+        header = gr.Markdown(app.header_text(), elem_id="mfp-header")
         with gr.Accordion("Model summary", open=False):
             gr.Markdown(summary)
             with gr.Accordion("Model card", open=False):
@@ -929,7 +979,7 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
                     with gr.Row():
                         run = gr.Button("Analyse", variant="primary", elem_id="mfp-run")
                         stop = gr.Button("Stop", variant="stop", elem_id="mfp-stop")
-                    gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>")
+                    limits_md = gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>")
                 with gr.Column(scale=2):
                     verdict = gr.Markdown(elem_classes="mfp-verdict", elem_id="mfp-verdict")
                     panels = gr.HTML(elem_id="mfp-panels")
@@ -983,7 +1033,7 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
                     with gr.Row():
                         b_run = gr.Button("Analyse all", variant="primary", elem_id="mfp-batch-run")
                         b_stop = gr.Button("Stop", variant="stop", elem_id="mfp-batch-stop")
-                    gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>")
+                    b_limits_md = gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>")
                 with gr.Column(scale=2):
                     b_status = gr.Markdown(elem_id="mfp-batch-status", elem_classes="mfp-verdict")
                     b_table = gr.Dataframe(headers=render.BATCH_COLUMNS, label="Results", interactive=False,
@@ -1003,11 +1053,13 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
             b_files.change(app.load_batch, [b_files], [b_status, b_files, b_table, b_csv], api_visibility="private",
                            concurrency_limit=None, show_progress="minimal", show_progress_on=[b_status])
             b_defence.change(_toggle_defence, [b_defence], [b_always], queue=False, api_visibility="private")
-        gr.Markdown(f"<small>{render.DISCLAIMER} Device: {pipe.device}. Uploaded files are read into memory and "
+        gr.Markdown(f"<small>{render.DISCLAIMER} Uploaded files are read into memory and "
                     "deleted at once; reports and the scans held in memory are deleted when you close this page, "
                     f"after {keep_min:.0f} minutes at the latest, and when the server stops. Pages, tables, CSV "
                     "files and reports name a scan by a hash of its pixels, never by its file name or DICOM "
                     "tags.</small>")
+        demo.load(app.page_info, None, [header, limits_md, b_limits_md, steps, eot, b_steps],
+                  api_visibility="private", concurrency_limit=None, show_progress="hidden")
         demo.unload(app.end_session)
     demo.app_state = app  # for tests and benchmarks
     return demo
@@ -1066,20 +1118,31 @@ def main(argv=None) -> int:
 
     atexit.register(cleanup)
     install_signal_handlers(cleanup)
+    t0 = _T_START
+    try:
+        pipe = LazyPipeline(args.model, args.revision, loader=load_pipeline)
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        print(f"error: could not load the model: {exc}", file=sys.stderr)
+        return 1
+    demo = build_demo(pipe, time_budget_s=args.time_budget, keep_s=args.keep_reports)
+    demo_ref.append(demo)
+    # Serve the page first; the models load right after (a request that needs them waits for them).
+    launch(demo, args.host, args.port, args.share, prevent_thread_lock=True)
+    log.info("page served %.1f s after start; loading the models", time.perf_counter() - t0)
     import torch
 
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, DEFAULT_CONCURRENCY))
     torch.set_num_threads(threads)
     try:
-        pipe = load_pipeline(args.model, args.revision)
+        pipe.load()
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
         print(f"error: could not load the model: {exc}", file=sys.stderr)
+        demo.close()
         return 1
-    log.info("MedFedPure: %s; device %s; %d torch thread(s); time budget %g s", pipe.source_description,
-             pipe.device, threads, args.time_budget)
-    demo = build_demo(pipe, time_budget_s=args.time_budget, keep_s=args.keep_reports)
-    demo_ref.append(demo)
-    launch(demo, args.host, args.port, args.share)
+    log.info("MedFedPure ready %.1f s after start: %s; device %s; %d torch thread(s); time budget %g s",
+             time.perf_counter() - t0, pipe.source_description, pipe.device, threads, args.time_budget)
+    demo.app_state.ensure_ready()
+    demo.block_thread()
     return 0
 
 

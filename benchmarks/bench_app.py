@@ -1,16 +1,18 @@
 """Benchmark the demo app as users see it: start-up, one full analysis, and 8 concurrent users.
 
     python benchmarks/bench_app.py [--model SOURCE] [--starts 3] [--analyses 5] [--users 8] [--per-user 5]
+                                   [--threads N] [--json FILE]
 
 1. start-up: wall time from launching `python app.py` to the first HTTP 200 on "/" (median of --starts);
 2. one full analysis through gradio_client "/analyze": PGD attack (eps 8/255, 10 steps), detect, purify (purify
-   always), classify, render figures and report (median of --analyses after one warm-up call), plus the
-   median per-stage times the app reports;
-3. --users concurrent gradio_client users, each doing --per-user analyses of the same kind: errors, latency
-   median / p90, throughput, and the app process's peak RSS (psutil if installed, else /proc/<pid>/status VmRSS,
-   summed over its child processes), sampled every 0.1 s throughout.
+   always), classify, every figure and the PNG/PDF/JSON report (median of --analyses after one warm-up call),
+   plus the median per-stage times the app reports, the figures' share (render + report) and everything the app
+   adds beyond the models (its total minus the model stages);
+3. --users concurrent gradio_client users (0: skip), each doing --per-user analyses of the same kind: errors,
+   latency median / p90, throughput, and the app process's peak RSS (psutil if installed, else
+   /proc/<pid>/status VmRSS, summed over its child processes), sampled every 0.1 s throughout.
 Model: --model, else the bundled pretrained/ when its weights are there, else an untrained tiny checkpoint built
-into a temp folder (plumbing numbers only). Prints the machine; --json FILE also writes every number.
+into a temp folder (plumbing numbers only). Prints the machine and its load; --json FILE also writes every number.
 """
 
 from __future__ import annotations
@@ -139,12 +141,14 @@ class RssSampler(threading.Thread):
 
 # ------------------------------------------------------------------------------------------------ app process
 class AppProcess:
-    def __init__(self, model: str | None, tmp: Path):
+    def __init__(self, model: str | None, tmp: Path, threads: int = 0):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         cmd = [sys.executable, str(REPO_ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(self.port)]
         if model:
             cmd += ["--model", model]
+        if threads:
+            cmd += ["--threads", str(threads)]
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp / "gradio")}
         self.log = open(tmp / f"app-{self.port}.log", "w")
         self.t0 = time.perf_counter()
@@ -175,17 +179,24 @@ class AppProcess:
 
 
 # ------------------------------------------------------------------------------------------------ analyses
+MODEL_STAGES = ("classify_clean", "attack", "classify", "ood", "detect", "purify", "classify_purified")
+
+
 def analysis_args(args):
     from gradio_client import handle_file
 
-    # scan, hospital, attack, eps, steps, defence, purify_always, seed, frame, eot
-    return (handle_file(str(EXAMPLE)), args.hospital, args.attack, 8 / 255, args.steps, True, True, 0, -1, 1)
+    # scan, hospital, attack, eps, steps, defence, purify_always, seed, frame (0 = default), eot, make_report
+    return (handle_file(str(EXAMPLE)), args.hospital, args.attack, 8 / 255, args.steps, True, True, 0, 0, 1, True)
 
 
 def one_analysis(client, args) -> tuple[float, dict]:
     t = time.perf_counter()
     out = client.predict(*analysis_args(args), api_name="/analyze")
-    return time.perf_counter() - t, out[13]
+    return time.perf_counter() - t, out[4]
+
+
+class _SkipUsers(Exception):
+    pass
 
 
 def pct(values, q):
@@ -203,6 +214,7 @@ def main(argv=None) -> int:
     p.add_argument("--attack", default="pgd")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--hospital", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="app.py --threads (default: the app's own choice)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     from gradio_client import Client
@@ -218,7 +230,7 @@ def main(argv=None) -> int:
         # 1. start-up
         starts, app = [], None
         for i in range(max(1, args.starts)):
-            app = AppProcess(model, tmp)
+            app = AppProcess(model, tmp, args.threads)
             starts.append(app.wait_ready())
             print(f"start-up {i + 1}: {starts[-1]:.2f} s", flush=True)
             if i < args.starts - 1:
@@ -234,12 +246,20 @@ def main(argv=None) -> int:
                 times.append(t)
                 stages.append(details["timings_ms"])
             stage_median = {k: round(statistics.median(s[k] for s in stages if k in s), 1) for k in stages[0]}
+            figures = [s.get("render", 0) + s.get("report", 0) for s in stages]
+            beyond = [s["total"] - sum(s.get(k, 0) for k in MODEL_STAGES) for s in stages]
             results["analysis_s"] = {"warmup": warm, "runs": times, "median": statistics.median(times),
-                                     "stage_ms_median": stage_median, "device": stages and details["device"]}
-            print(f"analysis ({args.attack}, {args.steps} steps, purify always): median "
+                                     "stage_ms_median": stage_median, "device": stages and details["device"],
+                                     "figures_ms_median": statistics.median(figures),
+                                     "beyond_models_ms_median": statistics.median(beyond)}
+            print(f"analysis ({args.attack}, {args.steps} steps, purify always, report): median "
                   f"{statistics.median(times):.2f} s of {[round(t, 2) for t in times]} (warm-up {warm:.2f} s)")
-            print(f"  stage medians (ms, device {details['device']}): {stage_median}", flush=True)
+            print(f"  stage medians (ms, device {details['device']}): {stage_median}")
+            print(f"  figures (render + report) median {statistics.median(figures):.0f} ms; everything the app "
+                  f"adds beyond the models median {statistics.median(beyond):.0f} ms", flush=True)
             client.close()
+            if args.users <= 0:
+                raise _SkipUsers
             # 3. concurrent users
             sampler = RssSampler(app.proc.pid)
             rss_before = rss_bytes(app.proc.pid)
@@ -281,8 +301,14 @@ def main(argv=None) -> int:
                   f"{c['rss_peak_mib']:.0f} MiB ({sampler.samples} samples)", flush=True)
             for e in errors[:5]:
                 print("  error:", e)
+        except _SkipUsers:
+            pass
         finally:
             app.stop()
+    try:
+        results["machine"]["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
     print(f"start-up median: {results['startup_s']['median']:.2f} s of {[round(s, 2) for s in starts]}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -172,6 +172,9 @@ def test_example_analysis_shows_every_stage_and_a_drawn_page(page, tmp_path):
     assert amber.sum() > 200, "the research-use disclaimer banner is not visible at the top of the page"
     body = page.inner_text("body")
     assert "each analysis stops after" in body and "attack steps" in body  # the time budget is stated
+    header = text(page, "#mfp-header")  # the page was served before the models loaded; now it names the device
+    assert "device cpu" in header or "device cuda" in header
+    assert "loading the models" not in header
 
 
 def test_bad_file_after_a_good_one_leaves_no_stale_result(page, tmp_path):
@@ -208,7 +211,8 @@ def test_each_attack(page, tmp_path):
         assert "the scan before the attack" in panels  # the clean scan's score on the plot
     page.locator("#mfp-purify-always input").check()
     analyse(page)
-    assert page.locator("#mfp-compare").is_visible() and "Purified (t* =" in text(page, "#mfp-panels")
+    page.locator("#mfp-compare").wait_for(state="visible", timeout=20_000)  # the before/after slider
+    assert "Purified (t* =" in text(page, "#mfp-panels")
     shot(page, tmp_path, "adaptive-purified")
 
 
