@@ -67,8 +67,13 @@ log = setup_logging()
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
-EXAMPLES = [("no35.jpg", "no tumour"), ("no411.jpg", "no tumour"), ("no427.jpg", "no tumour"),
-            ("y1349.jpg", "tumour"), ("y1431.jpg", "tumour"), ("y1493.jpg", "tumour")]
+# (file in assets/examples, the example's label on the page); see assets/examples/SOURCE.md
+EXAMPLES = [(f, label) for f, label in (
+    ("no35.jpg", "no tumour (no35)"), ("no411.jpg", "no tumour (no411)"), ("no427.jpg", "no tumour (no427)"),
+    ("y1349.jpg", "tumour (y1349)"), ("y1431.jpg", "tumour (y1431)"), ("y1493.jpg", "tumour (y1493)"),
+    ("Tr-gl_0020.jpg", "glioma, coronal T1 (Tr-gl_0020)"), ("TCGA_DU_5855_19951217_17.png", "glioma, FLAIR (TCGA)"),
+    ("TCGA_DU_6404_19850629_21.png", "no tumour on this slice, FLAIR (TCGA)"),
+) if (Path(__file__).resolve().parent / "assets" / "examples" / f).is_file()]
 ATTACKS = [("none", "none"), ("FGSM", "fgsm"), ("PGD (L-inf)", "pgd"),
            ("adaptive PGD through the whole defence", "adaptive")]
 DEFAULT_EPS = round(8 / 255, 4)
@@ -953,12 +958,14 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
                     frame = gr.Slider(0, MAX_FRAME, value=0, step=1, visible=False, elem_id="mfp-frame",
                                       label="Frame (1 = the first; 0: the default, the middle frame of a DICOM)")
                     gr.Examples(examples=[[str(EXAMPLES_DIR / f)] for f, _ in EXAMPLES], inputs=[scan_in],
-                                example_labels=[f"{lab} ({Path(f).stem})" for f, lab in EXAMPLES],
-                                label="Example scans", cache_examples=False)
+                                example_labels=[lab for _, lab in EXAMPLES], label="Example scans",
+                                cache_examples=False)
                     gr.Markdown("<small>Examples: Br35H :: Brain Tumor Detection 2020 (Kaggle, Ahmed Hamada), via "
-                                "github.com/07Harjot/Brain-tumor-detection-system; licence not stated by the authors "
-                                "(research/educational use). See assets/examples/SOURCE.md. The models may have "
-                                "seen them in training: they demonstrate, they do not measure.</small>")
+                                "github.com/07Harjot/Brain-tumor-detection-system; the Nickparvar Brain Tumor MRI "
+                                "Dataset (Kaggle) and TCGA-LGG FLAIR slices (Buda et al. 2019, TCIA). Licences not "
+                                "stated by the authors (research/educational use); see assets/examples/SOURCE.md. "
+                                "The models may have seen some of them in training: they demonstrate, they do not "
+                                "measure.</small>")
                     hospital = gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=True,
                                            label="Hospital (whose model and threshold)")
                     attack = gr.Dropdown(ATTACKS, value="none", allow_custom_value=True, label="Attack",

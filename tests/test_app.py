@@ -679,3 +679,40 @@ def test_adaptive_attack_through_the_whole_defence(served):
     assert details["attack"]["name"] == "adaptive" and details["attack"]["eot"] == 1
     assert "whole defence" in details["attack"]["threat_model"]
     assert 0 < details["perturbation"]["linf"] <= 0.02 + 1e-6
+
+
+def test_page_is_served_before_the_models_load(served):
+    """python app.py builds the page from the checkpoint's JSON files and loads the models after serving it; a
+    request that needs them meanwhile waits, then is answered normally."""
+    from medfedpure.app_boot import LazyPipeline
+
+    client, app, pipe, demo = served
+    release = threading.Event()
+
+    def loader(model, revision):
+        release.wait(60)
+        return pipe
+
+    lazy = LazyPipeline(str(pipe.source.path), loader=loader)
+    assert lazy.hospitals == list(pipe.hospitals) and lazy.class_names == list(pipe.class_names)
+    assert not lazy.loaded and lazy.device in ("cpu", "cuda", "mps")
+    ui = app.DemoApp(lazy)
+    assert "loading the models" in ui.header_text()
+    req = _req("lazy")
+    ui.inspect(str(EXAMPLES / "no35.jpg"), req)  # reading a scan needs no model
+    progress = _Progress()
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        out=ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, req, progress)))
+    worker.start()
+    time.sleep(0.5)
+    assert worker.is_alive()  # waiting for the models
+    loading = threading.Thread(target=lazy.load)
+    loading.start()
+    release.set()
+    worker.join(120)
+    loading.join(60)
+    assert result["out"][0].startswith("### Answer") and lazy.loaded
+    assert any(d and "waiting for the models" in d for _, d in progress.calls)
+    assert "loading the models" not in ui.header_text() and ui.page_info()[0] == ui.header_text()
+    ui.sessions.close()
