@@ -390,6 +390,7 @@ class DemoApp:
         with self._ready_lock:
             if not self._ready:
                 app_progress.install_hooks(real)
+                render.warm_up()  # fonts and code paths of the figures, so the first user does not pay for them
                 if not self._fixed_limits:
                     self.limits = Limits.for_device(real.device)
                 self._ready = True
@@ -593,7 +594,8 @@ class DemoApp:
                 args = self._args(hospital, attack, eps, steps, eot)
                 if session.scan is None:
                     raise UserError("No scan is loaded: upload a scan (PNG, JPEG or DICOM) or pick an example "
-                                    "first. (If you just uploaded one, it could not be read.)")
+                                    "first. (A file that could not be read is not loaded, and a loaded scan is "
+                                    f"forgotten after {self.sessions.keep_s / 60:.0f} idle minutes.)")
                 loaded = self._frame_of(session.scan, frame)
                 return self._analyze(loaded, *args, defence, purify_always, seed, make_report, request, tracker, t0)
         except UserError as exc:

@@ -36,7 +36,7 @@ __all__ = [
     "BATCH_COLUMNS", "DISCLAIMER", "Panel", "bars_html", "batch_row", "clean_percentile", "data_uri",
     "error_overlay", "gray_rgb", "is_tumour", "jsonable", "panels_html", "percentile_phrase", "perturbation_image",
     "perturbation_stats", "png_bytes", "pretty", "report_image", "scan_id", "score_svg", "statistic_phrase",
-    "timings_markdown", "user_message", "verdict", "write_batch_csv", "write_report",
+    "timings_markdown", "user_message", "verdict", "warm_up", "write_batch_csv", "write_report",
 ]
 
 DISCLAIMER = "Research demo, not a medical device; not for diagnosis."
@@ -301,11 +301,12 @@ def verdict(result, *, defence: bool = True, attack: str = "none", eps: float = 
     else:
         lines.append(f"**Not flagged**: detector score {_fmt(result.score)} <= threshold "
                      f"{_fmt(result.threshold)}{fpr}{where}.{stat}")
-    if (statistic in BACKGROUND_STATISTICS and background_fraction is not None and background_fraction < 0.01
-            and not blank):
-        lines.append(f"The detector looks only at the dark background around the head, and this scan has almost "
-                     f"none ({100 * background_fraction:.1f}% of its pixels), so the detector cannot judge it: "
-                     "read 'not flagged' as 'not checked'.")
+    little = background_fraction is not None and background_fraction < 0.05
+    if statistic in BACKGROUND_STATISTICS and not blank and (little or (result.score == 0 and not result.flagged)):
+        share = f" ({100 * background_fraction:.1f}% of its own pixels)" if background_fraction is not None else ""
+        lines.append(f"The detector looks only at the dark background around the head, and this scan has little "
+                     f"or none{share}" + (", and its score is exactly 0" if result.score == 0 else "")
+                     + ", so the detector cannot judge it: read 'not flagged' as 'not checked'.")
     if not defence:
         lines.append(f"Defence is off, so nothing was purified and the answer is the classifier's own: **{final}**.")
     elif result.purified is not None:
@@ -605,6 +606,21 @@ def report_image(panels: list[Panel], info: dict) -> np.ndarray:
         draw.text((margin, y), line, fill=(80, 80, 80), font=small)
         y += 15
     return np.asarray(im)
+
+
+def warm_up() -> float:
+    """Render a throw-away set of figures once (loads the fonts, touches every code path) -> seconds taken."""
+    import time
+
+    t = time.perf_counter()
+    img = np.linspace(0, 1, 128 * 128, dtype=np.float32).reshape(128, 128)
+    panels = [Panel("warm-up", img), Panel("empty", None, "not computed"), Panel("heat", error_overlay(img, img))]
+    panels_html(panels)
+    score_svg([0.0, 0.5, 1.0], 0.5, 0.7, 0.2)
+    png_bytes(report_image(panels, {"name": "warm-up", "verdict": "warm-up", "score": 0.7, "threshold": 0.5,
+                                    "quantiles": [0.0, 0.5, 1.0], "probabilities": {"a": 1.0},
+                                    "final_probabilities": {"a": 1.0}}))
+    return time.perf_counter() - t
 
 
 def write_report(out_dir: str | Path, stem: str, image: np.ndarray, record: dict) -> list[Path]:
