@@ -139,10 +139,12 @@ def _ood_line(clf: dict) -> str:
     ood = clf.get("ood")
     if not ood:
         return ""
-    return (f"- Out-of-distribution check: Mahalanobis distance of the trunk's features to the nearest class mean "
-            f"(shared covariance, fitted on {ood.get('fitted_on')}); threshold {ood['threshold']:.2f} = "
-            f"{ood['margin']} x the {100 * ood['quantile']:.1f}th percentile on {ood.get('calibrated_on')}; "
-            "flat frames are always out of distribution (`medfedpure/ood.py`, `reports/ood.md`).")
+    levels = ", ".join(f"{k} {v['threshold']:.1f}" for k, v in ood.get("levels", {}).items())
+    return (f"- Out-of-distribution check: Mahalanobis distances of the trunk's features (texture statistics of its "
+            f"second stage, and its output to the nearest class mean; shrunk shared covariances fitted on "
+            f"{ood.get('fitted_on')}); thresholds ({levels}) = {ood['margin']} x the {100 * ood['quantile']:.1f}th "
+            f"percentile on {ood.get('calibrated_on')}; flat frames are always out of distribution "
+            "(`medfedpure/ood.py`, `reports/ood.md`).")
 
 
 def _generalisation_section(results_dir: Path | None) -> str:

@@ -3,14 +3,15 @@
 A blank image, noise, a photograph or a chest X-ray still gets a confident "tumour" / "no tumour" from any
 classifier. Before reading a diagnosis we ask two questions:
 1. is there an image at all (not flat: an all-black or constant frame)?
-2. does the classifier's own feature vector (the shared trunk's, 8 x width values) lie near the training scans?
-   The score is the Mahalanobis distance to the nearest class mean under one shared covariance (Lee et al.,
-   NeurIPS 2018), fitted on the training scans' features; the threshold is a high quantile of the validation
-   scans' scores times a margin, so that very few clean scans trip it (measured on the test split, see
-   reports/ood.md).
+2. do the classifier's own features lie near the training scans'? Two levels (Lee et al., NeurIPS 2018, use
+   several): the texture statistics of the trunk's second stage (mean and std of each map), and the trunk's
+   output (distance to the nearest class mean). Each is a Mahalanobis distance under a shared, shrunk
+   covariance fitted on the training scans; each threshold is a high quantile of the validation scans' distances
+   times a margin, so that very few clean scans trip it (measured on the test split, see reports/ood.md).
 
-The fitted statistics are stored in the classifier's safetensors (`ood.means`, `ood.precision`) and its config
-(`ood`: threshold, quantile, margin), and travel with the checkpoint.
+The fitted statistics are stored in the classifier's safetensors (`ood.<level>.means`, `ood.<level>.precision`)
+and its config (`ood`: thresholds, quantile, margin), and travel with the checkpoint. What it does not catch (a
+grayscale photograph, CT slices: images with a dark surround and smooth content) is listed in reports/ood.md.
 """
 
 from __future__ import annotations
@@ -25,28 +26,41 @@ PREFIX = "ood."
 
 
 @torch.no_grad()
-def trunk_features(classifier, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """(N, 1, H, W) in [0, 1] -> (N, F) trunk features of the shared network (no gate involved)."""
+def trunk_features(classifier, x: torch.Tensor, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """(N, 1, H, W) in [0, 1] -> {"layer2": (N, 2C) mean and std of the second stage's maps (texture: catches
+    noise and synthetic patterns), "trunk": (N, F) the trunk's output (content)}; the gate is not involved."""
     classifier.eval()
-    out = []
+    low, high = [], []
+    t = classifier.trunk
     for i in range(0, len(x), batch_size):
         z = classifier.normalise(x[i:i + batch_size])
-        out.append(classifier.trunk(z).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        h = t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(z))))))
+        low.append(torch.cat([h.mean((2, 3)), h.flatten(2).std(2)], 1).float().cpu())
+        h = t.avgpool(t.layer4(t.layer3(h))).flatten(1)
+        high.append(h.float().cpu())
+    return {"layer2": torch.cat(low), "trunk": torch.cat(high)}
 
 
 class OodCheck:
-    def __init__(self, means: torch.Tensor, precision: torch.Tensor, threshold: float):
-        self.means = means.float()  # (C, F)
-        self.precision = precision.float()  # (F, F)
-        self.threshold = float(threshold)
+    """One Gaussian per feature level: class-conditional means for the trunk's output, one mean for layer2; a
+    shared shrunk covariance each. A scan is out of distribution when any level's distance exceeds its threshold.
+    `score` is the largest distance / threshold ratio (1.0 = on the threshold)."""
 
-    def scores(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, F) -> (N,) distance to the nearest class mean (sqrt of the Mahalanobis form)."""
-        f = features.float().to(self.means.device)
-        d = f[:, None, :] - self.means[None]  # (N, C, F)
-        m = torch.einsum("ncf,fg,ncg->nc", d, self.precision.to(f.device), d)
-        return m.clamp_min(0).min(dim=1).values.sqrt()
+    def __init__(self, levels: dict[str, tuple[torch.Tensor, torch.Tensor, float]]):
+        self.levels = {k: (m.float(), p.float(), float(t)) for k, (m, p, t) in levels.items()}
+        self.threshold = 1.0
+
+    @staticmethod
+    def _distance(f: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+        d = f.float()[:, None, :] - means[None]  # (N, C, F)
+        return torch.einsum("ncf,fg,ncg->nc", d, precision, d).clamp_min(0).min(dim=1).values.sqrt()
+
+    def level_scores(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: self._distance(feats[k], m, p) for k, (m, p, _) in self.levels.items()}
+
+    def scores(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        ratios = [s / self.levels[k][2] for k, s in self.level_scores(feats).items()]
+        return torch.stack(ratios).max(0).values
 
     @torch.no_grad()
     def check(self, classifier, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -56,33 +70,49 @@ class OodCheck:
         return (s <= self.threshold) & ~flat, s
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {PREFIX + "means": self.means.contiguous(), PREFIX + "precision": self.precision.contiguous()}
+        out = {}
+        for k, (m, p, _) in self.levels.items():
+            out[f"{PREFIX}{k}.means"] = m.contiguous()
+            out[f"{PREFIX}{k}.precision"] = p.contiguous()
+        return out
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], config: dict) -> "OodCheck | None":
-        if PREFIX + "means" not in state or "ood" not in config:
+        rec = config.get("ood")
+        if not rec or "levels" not in rec:
             return None
-        return cls(state[PREFIX + "means"], state[PREFIX + "precision"], config["ood"]["threshold"])
+        levels = {k: (state[f"{PREFIX}{k}.means"], state[f"{PREFIX}{k}.precision"], v["threshold"])
+                  for k, v in rec["levels"].items()}
+        return cls(levels)
+
+
+def _gaussian(f: torch.Tensor, y: torch.Tensor | None, shrinkage: float):
+    f = f.double()
+    if y is None:
+        means = f.mean(0, keepdim=True)
+        centred = f - means
+    else:
+        classes = sorted(torch.unique(y).tolist())
+        means = torch.stack([f[y == c].mean(0) for c in classes])
+        centred = f - means[torch.tensor([classes.index(int(c)) for c in y])]
+    cov = centred.T @ centred / max(len(f) - len(means), 1)
+    cov = (1 - shrinkage) * cov + shrinkage * torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean()
+    return means.float(), torch.linalg.inv(cov).float()
 
 
 def fit_ood(classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-            quantile: float = 0.999, margin: float = 1.25, shrinkage: float = 0.05) -> tuple[OodCheck, dict]:
-    """Fit class means and a shared (shrunk) covariance on training features; threshold from validation scans.
-
-    -> (check, record) where record holds the threshold, its quantile and margin, and the score quantiles.
-    """
-    f = trunk_features(classifier, train_x).double()
-    y = train_y.long()
-    classes = sorted(torch.unique(y).tolist())
-    means = torch.stack([f[y == c].mean(0) for c in classes])
-    centred = f - means[torch.tensor([classes.index(int(c)) for c in y])]
-    cov = centred.T @ centred / max(len(f) - len(classes), 1)
-    cov = (1 - shrinkage) * cov + shrinkage * torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean()
-    precision = torch.linalg.inv(cov)
-    check = OodCheck(means.float(), precision.float(), 0.0)
-    val_scores = check.scores(trunk_features(classifier, val_x)).numpy()
-    check.threshold = float(np.quantile(val_scores, quantile) * margin)
-    record = {"threshold": check.threshold, "quantile": quantile, "margin": margin, "shrinkage": shrinkage,
-              "fitted_on": f"{len(f)} training scans", "calibrated_on": f"{len(val_scores)} validation scans",
-              "val_score_quantiles": [float(q) for q in np.quantile(val_scores, [0.5, 0.9, 0.99, 0.999, 1.0])]}
-    return check, record
+            quantile: float = 0.999, margin: float = 1.25, shrinkage: float = 0.1) -> tuple[OodCheck, dict]:
+    """Fit each level's Gaussian on training features; its threshold = margin x the `quantile` of the
+    validation scans' distances. -> (check, record for config.json)."""
+    tr, va = trunk_features(classifier, train_x), trunk_features(classifier, val_x)
+    levels, record = {}, {"quantile": quantile, "margin": margin, "shrinkage": shrinkage,
+                          "fitted_on": f"{len(train_x)} training scans", "calibrated_on": f"{len(val_x)} validation scans",
+                          "levels": {}}
+    for k in ("layer2", "trunk"):
+        means, precision = _gaussian(tr[k], train_y.long() if k == "trunk" else None, shrinkage)
+        d = OodCheck._distance(va[k], means, precision).numpy()
+        thr = float(np.quantile(d, quantile) * margin)
+        levels[k] = (means, precision, thr)
+        record["levels"][k] = {"threshold": thr, "val_quantiles": [float(q) for q in np.quantile(d, [0.5, 0.99, 1.0])]}
+    record["threshold"] = 1.0
+    return OodCheck(levels), record

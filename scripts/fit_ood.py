@@ -30,12 +30,18 @@ def main() -> int:
     p.add_argument("--cache", required=True, type=Path, help="the preprocessed cache of its split")
     p.add_argument("--quantile", type=float, default=0.999)
     p.add_argument("--margin", type=float, default=1.25)
+    p.add_argument("--train-limit", type=int, default=3000, help="training scans fitted on (seeded subset)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, _, _ = load_classifier(args.classifier)
     cache = load_cache(args.cache)
+    import numpy as np
+
     train_x, train_y = cache.select("train")
+    if len(train_x) > args.train_limit:
+        pick = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(train_x), args.train_limit, replace=False)))
+        train_x, train_y = train_x[pick], train_y[pick]
     val_x, _ = cache.select("val")
     check, record = fit_ood(model, train_x, train_y, val_x, quantile=args.quantile, margin=args.margin)
     weights = args.classifier / "model.safetensors"

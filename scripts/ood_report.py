@@ -90,8 +90,10 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "ood.json").write_text(json.dumps(res, indent=1) + "\n")
     lines = ["# Out-of-distribution check", "", f"Command: `python scripts/ood_report.py --model {args.model} "
-             f"--data {args.data}`. Score: Mahalanobis distance of the classifier trunk's features to the nearest "
-             f"class mean (`medfedpure/ood.py`); threshold {res['threshold']:.2f}, set on the validation scans only.", "",
+             f"--data {args.data}`. Score: the larger of two Mahalanobis distances of the classifier trunk's features "
+             "(texture statistics of its second stage; its output to the nearest class mean), each divided by its "
+             "threshold (`medfedpure/ood.py`): above 1.0 is out of distribution. Thresholds set on the validation "
+             "scans only; the test scans were not used to choose anything.", "",
              "| clean scans | n | called out of distribution |", "|---|---|---|"]
     for split, r in res["clean"].items():
         lines.append(f"| {split} (all) | {r['n']} | {r['flagged']} ({100 * r['rate']:.2f}%) |")
@@ -99,7 +101,7 @@ def main() -> int:
             lines.append(f"| {split}: {src} | {q['n']} | {q['flagged']} ({100 * q['flagged'] / max(q['n'], 1):.2f}%) |")
     lines += ["", "| probe | score | verdict | p(tumour), hospital 0, undefended |", "|---|---|---|---|"]
     for name, r in res["probes"].items():
-        lines.append(f"| {name} | {r['score']:.1f} | {'in distribution' if r['in_distribution'] else 'OUT of distribution'}"
+        lines.append(f"| {name} | {r['score']:.2f} | {'in distribution' if r['in_distribution'] else 'OUT of distribution'}"
                      f" | {r['p_tumour_hospital0']:.3f} |")
     (Path(args.out) / "ood.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

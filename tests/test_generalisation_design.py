@@ -97,7 +97,8 @@ def test_ood_check_flags_blank_and_noise_not_scans():
     bad, scores = check.check(model, torch.cat([blank, noise]))
     assert not bad.any()
     again = OodCheck.from_state(check.state_dict(), {"ood": record})
-    assert again.threshold == check.threshold
+    assert {k: v[2] for k, v in again.levels.items()} == {k: v["threshold"] for k, v in record["levels"].items()}
+    assert np.allclose(again.check(model, train[:8])[1], check.check(model, train[:8])[1])
 
 
 def test_unknown_settings_are_rejected_with_a_suggestion():

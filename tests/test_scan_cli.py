@@ -24,7 +24,7 @@ def run(capsys, *argv):
 def test_json_lines_for_examples_folder(capsys, examples_dir):
     code, out, _ = run(capsys, examples_dir, "--json")
     records = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and len(records) == 6  # SOURCE.md beside the scans is skipped
+    assert code == 0 and len(records) == 9  # SOURCE.md beside the scans is skipped
     for record in records:
         assert REQUIRED <= set(record) and record["ok"] and record["error"] is None
         assert record["size"] == 128 and record["modality"] is None and record["frames"] == 1
