@@ -39,7 +39,7 @@ def tiny_pipe(tiny_ckpt):
 def scans():
     from medfedpure.io import read_scan
 
-    files = sorted((REPO_ROOT / "assets" / "examples").glob("*.jpg"))
+    files = sorted(f for f in (REPO_ROOT / "assets" / "examples").glob("*.jpg") if f.name.startswith(("no", "y")))
     x = torch.stack([torch.from_numpy(read_scan(f, size=128).image) for f in files]).unsqueeze(1)
     y = torch.tensor([int(f.name.startswith("y")) for f in files])
     return x, y

@@ -25,7 +25,7 @@ def site_caches(root: Path, examples: Path, hospitals=(0, 1)) -> dict[int, Path]
     out = {}
     for h in hospitals:
         rows = []
-        for i, src in enumerate(sorted(examples.glob("*.jpg"))):
+        for i, src in enumerate(sorted(f for f in examples.glob("*.jpg") if f.name.startswith(("no", "y")))):
             rel = f"h{h}/{src.name}"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, root / rel)

@@ -38,7 +38,8 @@ def make_example_caches(root: Path, examples: Path, hospitals=(0, 1)) -> dict:
     group = 0
     for h in hospitals:
         rows[h] = []
-        for src in sorted(examples.glob("*.jpg")):
+        # the six Br35H examples (no*.jpg, y*.jpg); the other sources' examples have other names
+        for src in sorted(f for f in examples.glob("*.jpg") if f.name.startswith(("no", "y"))):
             rel = f"h{h}/{src.name}"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, root / rel)
