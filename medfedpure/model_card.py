@@ -44,7 +44,8 @@ def _num(value) -> str:
 def _results_table(results_dir: Path | None) -> str:
     if results_dir is None or not results_dir.is_dir():
         return "_No evaluation results yet: run `bash scripts/make_report.sh`._\n"
-    runs = sorted(results_dir.glob("**/results.json"))
+    # This model set's own runs only (reports/runs/<name>/), never an older model set's (reports/br35h/...).
+    runs = sorted(results_dir.glob("runs/*/results.json")) or sorted(results_dir.glob("*/results.json"))
     if not runs:
         return "_No evaluation results yet: run `bash scripts/make_report.sh`._\n"
     rows = []
@@ -75,6 +76,13 @@ def _recalibration_note(training: dict, score: str) -> str:
     return ("the detector's thresholds were then recomputed by every hospital for the statistic chosen on validation "
             "scans (`python -m medfedpure train mae --data ../shared/data/br35h --split pretrained/split.csv "
             f"--rounds 0 --set init-from=runs/mae --set score={score} --out runs/calibrated`); ")
+
+
+def _init_note(path) -> str:
+    if str(path).rstrip("/").endswith("br35h-only/classifier"):
+        return (" (the Br35H-only classifier, shipped in `pretrained/` up to commit 417b594; its training scans are "
+                "all training or validation scans here)")
+    return ""
 
 
 def _portable(path) -> str:
@@ -188,6 +196,10 @@ def write_model_card(folder: Path, results_dir: Path | None = None) -> Path:
     data_text = _data_section(split, split_hash, clf) if multi else _br35h_data_section(split, split_hash, clf, counts)
     title = ("Br35H + Nickparvar + TCGA-LGG FLAIR; 8 simulated hospitals and 2 real TCGA sites" if multi
              else "Br35H, 10 simulated hospitals")
+    br35h_note = ("" if not (multi and t_det.get("recalibrated_from")) else
+                  "\n- The detector's and the purifier's weights are the Br35H-only models' (trained on Br35H's "
+                  "training scans only,\n  never on the other two sources); each new hospital recalibrated the "
+                  "detector's threshold on its own clean scans.")
     type_note = ("" if not clf.get("num_types") else
                  " The tumour type (glioma, meningioma, pituitary) is shown beside it, learnt only from the Nickparvar\n"
                  "  scans (mostly T1 contrast-enhanced): read it only when the decision is tumour, and not for other "
@@ -226,7 +238,7 @@ adversarial-scan detector and DDPM purifier, trained with Flower. Reimplementati
 non-finite or >10x-scaled updates rejected. Classifier: class balance `{t_clf.get('class-balance', 'none')}`{
 ' (each hospital draws its scans so that both classes, and every source within a class, count equally)' if t_clf.get('class-balance') == 'sampled' else ''},
 augmentation `{t_clf.get('augmentation', 'mild')}`, input normalisation `{clf.get('input_norm', 'dataset')}`{
-f", warm start from `{_portable(t_clf.get('init-from'))}`" if t_clf.get('init-from') else ''}. The classifier's gates never left the
+f", warm start from `{_portable(t_clf.get('init-from'))}`{_init_note(t_clf.get('init-from'))}" if t_clf.get('init-from') else ''}. The classifier's gates never left the
 hospitals during training; each hospital published its gate once, at release, so the demo can offer its model.
 {_ood_line(clf)}
 - Detector: ViT MAE, patch {det['patch_size']}, mask ratio {det['mask_ratio']}; score = `{det.get('score')}`
@@ -236,10 +248,10 @@ hospitals during training; each hospital published its gate once, at release, so
 - Purifier: DDPM, linear betas 1e-4 to 2e-2, T = 1000, trained on 64-px crops at t < {pur.get('train_max_timestep')};
   purification diffuses to t* in [{pur['t_min']}, {pur['t_max']}] (monotone in the anomaly score) and runs
   {pur['ddim_steps']} DDIM steps.
-- Weights are float16 safetensors (loaded as float32); every figure below was measured on them.
+- Weights are float16 safetensors (loaded as float32); every figure below was measured on them.{br35h_note}
 
 {_generalisation_section(results_dir)}
-## Evaluation (leak-free test split; regenerate with `bash scripts/make_report.sh`)
+## Evaluation of the defence (leak-free test split; regenerate with `bash scripts/make_report.sh`)
 {_results_table(results_dir)}
 Paper (Table 2, Br35H, leaky split, non-adaptive PGD eps 0.015): clean 97.67%, robust 49.50% -> 87.33% with the defence.
 
