@@ -92,7 +92,7 @@ def main() -> int:
     (Path(args.out) / "generative_gates.json").write_text(json.dumps(out, indent=1) + "\n")
     m = out["mae"]
     lines = ["# Quality gates of the generative models (validation scans)", "",
-             f"Command: `python scripts/generative_gates.py --model {args.model} --data {args.data} --limit {args.limit}`; "
+             f"Command: `python scripts/generative_gates.py --model {args.model} --data {args.data} --limit {args.limit} --t {args.t}`; "
              f"{out['n']} validation scans (class-stratified), each classified by its own hospital's model; clean "
              f"accuracy {100 * clean_acc:.1f}%.", "",
              "| MAE | value | gate |", "|---|---|---|",
