@@ -86,7 +86,11 @@ def _init_note(path) -> str:
 
 
 def _portable(path) -> str:
-    return Path(str(path)).as_posix().split("/work/")[-1] if path else ""
+    """A run folder as the card shows it: relative paths as they are, absolute ones by their last three parts."""
+    if not path:
+        return ""
+    p = Path(str(path))
+    return p.as_posix() if not p.is_absolute() else "/".join(p.parts[-3:])
 
 
 def _br35h_data_section(split: dict, split_hash: str, clf: dict, counts: dict) -> str:
