@@ -37,7 +37,9 @@ from medfedpure.data import (
     NEAR_THRESHOLD,
     SOURCE_COLUMNS,
     DataError,
+    ScanRecord,
     SplitRow,
+    _counts,
     _meta_path,
     file_sha256,
     _r6,
@@ -370,10 +372,7 @@ class SourceSplit:
 
 
 def _read_all(root: Path, records: Sequence[SourceRecord], size: int):
-    from medfedpure.data import ScanRecord
-
-    scan = read_folder(root, [ScanRecord(r.path, r.label) for r in records], size=size)
-    return scan
+    return read_folder(root, [ScanRecord(r.path, r.label) for r in records], size=size)
 
 
 def split_sources(root, sources: Sequence[Source], out_csv, *, seed: int = DEFAULT_SEED,
@@ -434,19 +433,13 @@ def split_sources(root, sources: Sequence[Source], out_csv, *, seed: int = DEFAU
                        "computed_links": groups.computed_links, "table_links": groups.table_links,
                        "groups": int(groups.group.max()) + 1, "cross_source_groups": groups.cross_source_groups,
                        "flat_images": groups.blank},  # fmt: skip
-        "counts": _legacy_counts(rows),
+        "counts": _counts(rows),
         "source_counts": source_counts(rows),
         "shift": None,
     }
     json_path = _meta_path(out_csv)
     json_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8", newline="\n")
     return SourceSplit(rows, meta, out_csv, json_path, groups)
-
-
-def _legacy_counts(rows):
-    from medfedpure.data import _counts
-
-    return _counts(rows)
 
 
 def parse_hold_out(items: Sequence[str]) -> list[tuple[str, str]]:

@@ -70,13 +70,8 @@ def _restyled(scans, seed=0):
     gen = torch.Generator().manual_seed(seed)
     for i in range(n):
         pair = torch.stack([x[i], x[n + i]])
-        out[i] = _restyle_onto(pair, gen, restyle)[0]
+        out[i] = restyle(pair, gen, p=1.0)[0]  # in a batch of two, the partner is the other scan
     return neg, out
-
-
-def _restyle_onto(pair, gen, restyle):
-    # restyle() picks partners at random inside a batch; with a batch of two the partner is the other scan.
-    return restyle(pair, gen, p=1.0)
 
 
 def main() -> int:
