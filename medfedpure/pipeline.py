@@ -21,7 +21,7 @@ from medfedpure import detector
 from medfedpure.device import pick_device
 from medfedpure.hub import load_weights, resolve_model
 from medfedpure.models.classifier import Gate, HospitalClassifier, MixtureOfExpertsClassifier
-from medfedpure.models.mae import MaskedAutoencoder
+from medfedpure.models.mae import MaskedAutoencoder, build_mae
 from medfedpure.models.purifier import DiffusionPurifier
 
 PURIFY_MODES = ("flagged", "always", "never")
@@ -324,9 +324,7 @@ def load_classifier(folder: Path):
 
 def load_mae(folder: Path):
     state, config = load_weights(folder)
-    names = ("image_size", "patch_size", "embed_dim", "depth", "heads", "decoder_dim", "decoder_depth",
-             "decoder_heads", "mask_ratio")
-    mae = MaskedAutoencoder(**{k: config[k] for k in names})
+    mae = build_mae(config)
     mae.load_state_dict({k: v.float() for k, v in state.items()})
     return mae, config
 

@@ -109,7 +109,8 @@ def train(msg: Message, context: Context) -> Message:
                                          augmentation=str(cfg["augmentation"]))
     elif kind == "mae":
         metrics = steps.train_mae(model, data.train_x, epochs=int(cfg["local-epochs"]), lr=_round_lr(cfg),
-                                  batch_size=int(cfg["batch-size"]), seed=seed, device=device)
+                                  batch_size=int(cfg["batch-size"]), seed=seed, device=device,
+                                  crop=int(cfg["crop"]))
     else:
         n_steps = max(1, round(float(cfg["local-epochs"]) * len(data.train_x) / int(cfg["batch-size"])))
         metrics = steps.train_purifier(model, data.train_x, steps=n_steps, lr=_round_lr(cfg),

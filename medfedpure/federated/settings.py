@@ -39,11 +39,12 @@ PER_MODEL = {
                          "norm": "group", "num_types": 3, "input_norm": "scan"},
     },
     "mae": {
-        "num-rounds": 12, "local-epochs": 4, "lr": 1.5e-3, "batch-size": 32,
-        "target-fpr": 0.05, "score-repeats": 2, "score": "background_highpass", "score-mask-ratio": 0.75,  # see reports/detector_statistics.md
+        # convolutional MAE on 64-px crops (see models/conv_mae.py); the ViT: model-config {"arch": "vit", ...}
+        "num-rounds": 16, "local-epochs": 2, "lr": 1e-3, "batch-size": 32, "crop": 64,
+        "target-fpr": 0.05, "score-repeats": 1, "score": "background_highpass", "score-mask-ratio": 0.5,  # see reports/detector_statistics.md
         "calibration-scans": "train+val",  # val | train+val (model-free statistics only; see task.calibration_scans)
-        "model-config": {"image_size": 128, "patch_size": 16, "embed_dim": 192, "depth": 6, "heads": 4,
-                         "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_ratio": 0.75},
+        "model-config": {"arch": "conv", "image_size": 128, "patch_size": 8, "width": 16, "levels": 3,
+                         "mask_ratio": 0.5, "train_mask_ratios": [0.25, 0.75]},
     },
     "purifier": {
         "num-rounds": 8, "local-epochs": 3, "lr": 3e-4, "batch-size": 32, "crop": 64, "max-timestep": 300,
@@ -77,7 +78,9 @@ def resolve(kind: str, overrides: dict | None = None) -> dict:
     for key, value in (overrides or {}).items():
         if key == "model-config":
             value = json.loads(value) if isinstance(value, str) else value
-            settings[key] = {**settings[key], **value}
+            # another architecture replaces the defaults instead of merging into them
+            same_arch = value.get("arch", settings[key].get("arch")) == settings[key].get("arch")
+            settings[key] = {**settings[key], **value} if same_arch else dict(value)
         else:
             settings[key] = value
     if kind == "classifier" and settings["mode"] in ("fedavg", "local"):

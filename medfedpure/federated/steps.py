@@ -193,9 +193,15 @@ def evaluate_classifier(model, images: torch.Tensor, labels: torch.Tensor, *, ba
     }
 
 
-def train_mae(model: MaskedAutoencoder, images: torch.Tensor, *, epochs: int = 1, lr: float = 1e-3,
-              batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu") -> dict:
-    """MAE pre-training on clean scans (flips only: the detector must learn what clean scans look like)."""
+def train_mae(model, images: torch.Tensor, *, epochs: int = 1, lr: float = 1e-3,
+              batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu", crop: int = 0) -> dict:
+    """MAE pre-training on clean scans (flips only: the detector must learn what clean scans look like).
+
+    `crop` > 0 (convolutional MAE only): train on random crops aligned to the patch grid, 4x cheaper at 64 px;
+    the network is convolutional, so it scores whole scans unchanged.
+    """
+    if crop and getattr(model, "config", {}).get("arch") != "conv":
+        raise ValueError("crop needs the convolutional MAE (model-config arch=conv); the ViT's grid is fixed")
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
@@ -204,7 +210,13 @@ def train_mae(model: MaskedAutoencoder, images: torch.Tensor, *, epochs: int = 1
         for idx in batches(len(images), batch_size, gen):
             x = images[idx]
             x = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x).to(device)
-            keep = model.random_keep(len(idx), generator=gen, device=device)
+            if crop:
+                p = model.patch_size
+                oy, ox = (torch.randint(0, (x.shape[-1] - crop) // p + 1, (2,), generator=gen) * p).tolist()
+                x = x[..., oy:oy + crop, ox:ox + crop]
+                keep = model.random_keep(len(idx), generator=gen, device=device, num_patches=(crop // p) ** 2)
+            else:
+                keep = model.random_keep(len(idx), generator=gen, device=device)
             loss = model.masked_loss(x, keep)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,7 +10,7 @@ import torch
 
 from medfedpure import detector
 from medfedpure.models.classifier import MixtureOfExpertsClassifier
-from medfedpure.models.mae import MaskedAutoencoder
+from medfedpure.models.mae import MaskedAutoencoder, build_mae
 from medfedpure.models.purifier import DiffusionPurifier, build_unet
 
 
@@ -18,7 +18,7 @@ def build_model(kind: str, config: dict):
     if kind == "classifier":
         return MixtureOfExpertsClassifier(**config)
     if kind == "mae":
-        return MaskedAutoencoder(**config)
+        return build_mae(config)
     if kind == "purifier":
         return DiffusionPurifier(build_unet(**config))
     raise ValueError(f"unknown model kind {kind!r}")

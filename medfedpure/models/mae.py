@@ -46,7 +46,7 @@ class MaskedAutoencoder(nn.Module):
                  heads: int = 4, decoder_dim: int = 128, decoder_depth: int = 2, decoder_heads: int = 4,
                  mask_ratio: float = 0.75):
         super().__init__()
-        self.config = dict(image_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+        self.config = dict(arch="vit", image_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                            heads=heads, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
                            decoder_heads=decoder_heads, mask_ratio=mask_ratio)
         self.patch_size = patch_size
@@ -128,8 +128,26 @@ def complementary_keep_sets(num_patches: int, mask_ratio: float, repeats: int, s
     return torch.stack(sets)
 
 
+# Architecture arguments of the ViT MAE, as recorded in a checkpoint's config (checkpoints before the
+# convolutional MAE have no "arch" key: they are all ViTs).
+VIT_ARGS = ("image_size", "patch_size", "embed_dim", "depth", "heads", "decoder_dim", "decoder_depth",
+            "decoder_heads", "mask_ratio")
+
+
+def build_mae(config: dict) -> nn.Module:
+    """The MAE a config describes: ``arch`` "vit" (default, this module) or "conv" (`conv_mae.py`)."""
+    arch = config.get("arch", "vit")
+    if arch == "conv":
+        from medfedpure.models.conv_mae import CONV_ARGS, ConvMaskedAutoencoder
+
+        return ConvMaskedAutoencoder(**{k: config[k] for k in CONV_ARGS if k in config})
+    if arch == "vit":
+        return MaskedAutoencoder(**{k: config[k] for k in VIT_ARGS if k in config})
+    raise ValueError(f"unknown MAE arch {arch!r}; choose vit or conv")
+
+
 def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["MaskedAutoencoder", "complementary_keep_sets", "sincos_pos_embed", "num_params"]
+__all__ = ["MaskedAutoencoder", "build_mae", "complementary_keep_sets", "sincos_pos_embed", "num_params"]
