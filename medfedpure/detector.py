@@ -59,7 +59,14 @@ def background_region(x: torch.Tensor, level: float = 0.1, window: int = 5) -> t
 #                           the MAE reconstructs it so; anatomy's own texture no longer drowns the perturbation.
 #   background_highpass:    |high-pass(scan)| over the background, without the MAE: the MAE's patch seams add
 #                           noise of their own there (see reports/detector_statistics.md for the comparison).
-STATISTICS = ("mean_abs_error", "highpass_abs_residual", "background_highpass_residual", "background_highpass")
+#   magnet_divergence:      Jensen-Shannon divergence between the hospital classifier on the scan and on its
+#                           reconstruction (MagNet): a perturbation the MAE does not reproduce changes the answer.
+#   feature_error:          relative distance of the classifier trunk's features of the scan and of its
+#                           reconstruction: the same comparison before the heads.
+# For the two classifier statistics the map shown is |reconstruction - scan|, the residual the classifier reads.
+STATISTICS = ("mean_abs_error", "highpass_abs_residual", "background_highpass_residual", "background_highpass",
+              "magnet_divergence", "feature_error")
+CLASSIFIER_STATISTICS = ("magnet_divergence", "feature_error")
 # Statistics that do not read the trained MAE: a hospital may calibrate them on all its clean scans, training
 # scans included, since no weight has seen (and so fits) them. The others must be calibrated on held-out scans.
 MODEL_FREE_STATISTICS = ("background_highpass",)
@@ -89,10 +96,37 @@ def anomaly_score(score_map: torch.Tensor, region: torch.Tensor | None = None) -
     return score_map.flatten(1).sum(1) / region.flatten(1).sum(1).clamp_min(1.0)
 
 
+def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence (nats) between rows of two log-probability tensors, (N,)."""
+    logm = torch.logsumexp(torch.stack([logp, logq]), dim=0) - np.log(2.0)
+    kl = lambda a: (a.exp() * (a - logm)).sum(1)  # noqa: E731
+    return 0.5 * (kl(logp) + kl(logq))
+
+
+def trunk_features(classifier, x: torch.Tensor) -> torch.Tensor:
+    """The shared trunk's features of a hospital classifier (HospitalClassifier or the mixture itself)."""
+    base = getattr(classifier, "base", classifier)
+    return base.trunk(base.normalise(x))
+
+
+def classifier_score(classifier, x: torch.Tensor, recon: torch.Tensor, statistic: str) -> torch.Tensor:
+    if classifier is None:
+        raise ValueError(f"detector statistic {statistic!r} reads the hospital classifier; pass classifier=")
+    if statistic == "magnet_divergence":
+        return js_divergence(classifier(x), classifier(recon))
+    fx, fr = trunk_features(classifier, x), trunk_features(classifier, recon)
+    return (fx - fr).norm(dim=1) / fx.norm(dim=1).clamp_min(1e-6)
+
+
 def score_scans(mae: MaskedAutoencoder, x: torch.Tensor, keep_sets: torch.Tensor,
-                statistic: str = "mean_abs_error"):
-    """(reconstruction, anomaly map, score) for x (N, 1, H, W) in [0, 1]; differentiable."""
+                statistic: str = "mean_abs_error", classifier=None):
+    """(reconstruction, anomaly map, score) for x (N, 1, H, W) in [0, 1]; differentiable.
+
+    `classifier` (the hospital's model) is needed by the CLASSIFIER_STATISTICS only.
+    """
     recon, err = reconstruct(mae, x, keep_sets)
+    if statistic in CLASSIFIER_STATISTICS:
+        return recon, (recon - x).abs(), classifier_score(classifier, x, recon, statistic)
     amap, region = anomaly_map(x, recon, err, statistic)
     return recon, amap, anomaly_score(amap, region)
 

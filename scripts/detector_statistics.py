@@ -1,109 +1,160 @@
-"""Choose the MAE anomaly statistic on VALIDATION scans (never the test split), with the evidence.
+"""Choose the detector score on VALIDATION scans (never the test split), with the evidence.
 
-    python scripts/detector_statistics.py --runs runs --cache .cache/br35h-128.npz --out reports/detector_statistics.md
+    python scripts/detector_statistics.py --classifier runs/multi/classifier --mae runs/cmae/mae \
+        --cache .cache/multi2/cache.npz --out reports/detector_statistics
 
-For each hospital's own validation scans it crafts PGD L-inf attacks on that hospital's classifier (eps 8/255 and
-the paper's 0.015) and reports the AUROC of several statistics of the MAE reconstruction residual.
+For each hospital's own validation scans it crafts attacks on that hospital's classifier (PGD L-inf at 8/255 and
+at the paper's 0.015; with --more also PGD-L2 and CW) and reports, per candidate score, the AUROC of clean against
+attacked scans and the detection rate at a 5% false-positive rate, with the threshold set per hospital on its own
+clean scores (as the shipped calibration does). Candidates: the MAE's reconstruction error at the scoring mask
+ratio, its high-pass part, the classifier's divergence between a scan and its reconstruction (MagNet), the
+distance of their trunk features, the MAE-free background statistic, and sums of two of them (each divided by
+its median on clean scans). Writes OUT.md and OUT.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from medfedpure import detector
-from medfedpure.data import load_cache
-from medfedpure.federated.task import build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
-    """Probability that a random positive scores above a random negative (Mann-Whitney U), ties count half."""
-    scores = np.concatenate([neg, pos])
-    ranks = scores.argsort().argsort().astype(np.float64) + 1
-    # average ranks for ties
-    _, inv, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ranks)
-    ranks = (sums / counts)[inv]
-    r_pos = ranks[len(neg):].sum()
-    return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+SINGLE = ("mean_abs_error", "highpass_abs_residual", "magnet_divergence", "feature_error", "background_highpass")
+COMBINED = ("mean_abs_error", "magnet_divergence", "feature_error", "background_highpass")
 
 
-MASK_RATIOS = (0.75, 0.25)
-
-
-def statistics(mae, x, keeps):
-    out = {}
-    for ratio, keep in keeps.items():
-        recon, err = detector.reconstruct(mae, x, keep)
-        resid = recon - x
-        hp = resid - F.avg_pool2d(F.pad(resid, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        out[f"mask {ratio}: mean_abs_error"] = err.flatten(1).mean(1)
-        out[f"mask {ratio}: mean_sq_error"] = (err ** 2).flatten(1).mean(1)
-        out[f"mask {ratio}: highpass_abs_residual"] = hp.abs().flatten(1).mean(1)
-        out[f"mask {ratio}: p99_abs_error"] = err.flatten(1).quantile(0.99, dim=1)
-        for name in ("background_highpass_residual", "background_highpass"):
-            amap, region = detector.anomaly_map(x, recon, err, name)
-            out[f"mask {ratio}: {name}"] = detector.anomaly_score(amap, region)
-    return out
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", default="runs")
-    ap.add_argument("--cache", default=".cache/br35h-128.npz")
-    ap.add_argument("--out", default="reports/detector_statistics.md")
-    ap.add_argument("--per-hospital", type=int, default=24, help="validation scans per hospital (speed)")
-    args = ap.parse_args()
-    torch.manual_seed(0)
+def _attacks(more: bool):
     import torchattacks
 
-    from medfedpure.pipeline import load_classifier, load_mae
+    plan = {"PGD 8/255": lambda m: torchattacks.PGD(m, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True),
+            "PGD 0.015": lambda m: torchattacks.PGD(m, eps=0.015, alpha=0.003, steps=7, random_start=True)}
+    if more:
+        plan["PGD-L2 1.0"] = lambda m: torchattacks.PGDL2(m, eps=1.0, alpha=0.2, steps=10, random_start=True)
+        plan["CW c=1"] = lambda m: torchattacks.CW(m, c=1.0, kappa=0.0, steps=30, lr=0.01)
+    return plan
 
-    runs = Path(args.runs)
-    clf, gates, _ = load_classifier(runs / "classifier")
-    mae, cfg = load_mae(runs / "mae")
-    clf.eval(), mae.eval()
-    keep = {r: detector.keep_sets_for(mae, 1 if r < 0.5 else 2, 0, mask_ratio=r) for r in MASK_RATIOS}
-    cache = load_cache(args.cache)
+
+def _scores(mae, keep, clf, x):
+    import torch
+
+    from medfedpure import detector
+
+    out = {}
+    with torch.no_grad():
+        recon, err = detector.reconstruct(mae, x, keep)
+        for name in SINGLE:
+            if name in detector.CLASSIFIER_STATISTICS:
+                out[name] = detector.classifier_score(clf, x, recon, name)
+            else:
+                amap, region = detector.anomaly_map(x, recon, err, name)
+                out[name] = detector.anomaly_score(amap, region)
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def _tpr_at_fpr(clean: dict, adv: dict, name: str, fpr: float = 0.05) -> float:
+    from medfedpure.detector import calibrate_threshold
+
+    hits = total = 0
+    for h in clean:
+        thr = calibrate_threshold(clean[h][name], fpr)
+        hits += int((adv[h][name] > thr).sum())
+        total += len(adv[h][name])
+    return hits / max(total, 1)
+
+
+def _add_combined(clean: dict, adv: dict) -> list[str]:
+    """Sums of two candidates, each divided by its pooled clean median (the constant a shipped score records)."""
+    medians = {n: float(np.median(np.concatenate([clean[h][n] for h in clean]))) or 1e-12 for n in COMBINED}
+    names = []
+    for a, b in itertools.combinations(COMBINED, 2):
+        name = f"{a} + {b}"
+        names.append(name)
+        for table in (clean, adv):
+            for h in table:
+                table[h][name] = table[h][a] / medians[a] + table[h][b] / medians[b]
+    return names
+
+
+def main() -> int:
+    import torch
+
+    from medfedpure.data import load_cache
+    from medfedpure.evaluation import auroc
     from medfedpure.models.classifier import HospitalClassifier
+    from medfedpure.pipeline import load_classifier, load_mae
+    from medfedpure import detector
 
-    results = {}
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--classifier", default="pretrained/classifier")
+    ap.add_argument("--mae", default="pretrained/detector")
+    ap.add_argument("--cache", required=True, help="the preprocessed cache of the models' split")
+    ap.add_argument("--out", default="reports/detector_statistics")
+    ap.add_argument("--per-hospital", type=int, default=24, help="validation scans per hospital (speed)")
+    ap.add_argument("--more", action="store_true", help="also PGD-L2 (eps 1.0) and CW (c 1, 30 steps)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    clf, gates, _ = load_classifier(Path(args.classifier))
+    mae, mae_cfg = load_mae(Path(args.mae))
+    clf.eval(), mae.eval()
+    ratio = float(mae_cfg.get("score_mask_ratio") or mae.mask_ratio)
+    keep = detector.keep_sets_for(mae, int(mae_cfg.get("score_repeats", 1)), 0, mask_ratio=ratio)
+    cache = load_cache(args.cache)
     started = time.time()
-    for eps, step, steps in ((8 / 255, 2 / 255, 10), (0.015, 0.003, 7)):
-        clean_s, adv_s = {}, {}
+    results, n_scans = {}, 0
+    for attack, make in _attacks(args.more).items():
+        clean, adv, flipped = {}, {}, []
         for h, gate in sorted(gates.items()):
             x, y = cache.select(split="val", hospital=h)
-            x, y = x[: args.per_hospital], y[: args.per_hospital]
+            pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(h))[: args.per_hospital]
+            x, y = x[pick], y[pick]
             model = HospitalClassifier(clf, gate).eval()
-            atk = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=True)
-            xa = atk(x, y)
+            xa = make(model)(x, y)
             with torch.no_grad():
-                for name, v in statistics(mae, x, keep).items():
-                    clean_s.setdefault(name, []).append(v.numpy())
-                for name, v in statistics(mae, xa, keep).items():
-                    adv_s.setdefault(name, []).append(v.numpy())
-        results[f"eps={eps:.4f}"] = {n: auroc(np.concatenate(clean_s[n]), np.concatenate(adv_s[n])) for n in clean_s}
-    lines = ["# Choosing the detector statistic (validation scans only)", "",
-             f"Command: `python scripts/detector_statistics.py --runs {args.runs}`; {args.per_hospital} validation "
-             f"scans per hospital, PGD on each hospital's own classifier; {time.time() - started:.0f} s on this CPU.", "",
-             "| statistic | " + " | ".join(results) + " |", "|---" * (1 + len(results)) + "|"]
-    for name in next(iter(results.values())):
-        lines.append(f"| {name} | " + " | ".join(f"{results[k][name]:.3f}" for k in results) + " |")
-    lines += ["", "AUROC of clean vs attacked validation scans (0.5 = chance). `background_highpass` reads the scan "
-              "alone (no MAE, so the mask ratio does not change it); the `*_residual` and `*_error` statistics read the "
-              "MAE's reconstruction. The shipped statistic is `score` in medfedpure/federated/settings.py, picked "
-              "from this table at the paper's eps (0.015); the test split is never used for the choice."]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+                flipped.append((model(xa).argmax(1) != model(x).argmax(1)).float().mean().item())
+            clean[h], adv[h] = _scores(mae, keep, model, x), _scores(mae, keep, model, xa)
+        n_scans = sum(len(v["mean_abs_error"]) for v in clean.values())
+        names = list(SINGLE) + _add_combined(clean, adv)
+        pooled = lambda t, n: np.concatenate([t[h][n] for h in t])  # noqa: E731
+        results[attack] = {"flipped": float(np.mean(flipped)), "scores": {
+            n: {"auroc": auroc(pooled(clean, n), pooled(adv, n)), "tpr_at_5_fpr": _tpr_at_fpr(clean, adv, n)}
+            for n in names}}
+        print(attack, f"{time.time() - started:.0f} s", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"classifier": args.classifier, "mae": args.mae, "scoring_mask_ratio": ratio, "val_scans": n_scans,
+            "seconds": round(time.time() - started)}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    attacks = list(results)
+    lines = ["# Choosing the detector score (validation scans only)", "",
+             f"Command: `python scripts/detector_statistics.py --classifier {args.classifier} --mae {args.mae} "
+             f"--cache <cache of the split>{' --more' if args.more else ''}`; {n_scans} validation scans "
+             f"({args.per_hospital} per hospital), attacks on each hospital's own classifier, MAE scoring mask "
+             f"ratio {ratio}; {meta['seconds']} s on this CPU.", "",
+             "Share of scans whose answer the attack changed: "
+             + ", ".join(f"{a} {100 * results[a]['flipped']:.0f}%" for a in attacks) + ".", "",
+             "| score | " + " | ".join(f"{a} AUROC | {a} TPR@5%" for a in attacks) + " |",
+             "|---" * (1 + 2 * len(attacks)) + "|"]
+    for name in results[attacks[0]]["scores"]:
+        cells = [f"{results[a]['scores'][name]['auroc']:.3f} | {100 * results[a]['scores'][name]['tpr_at_5_fpr']:.0f}%"
+                 for a in attacks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "AUROC: clean against attacked validation scans, pooled over hospitals (0.5 = chance). TPR@5%: "
+              "attacked scans over their hospital's threshold, set at the 95th percentile of that hospital's clean "
+              "scores here. A sum divides each part by its median on these clean scans. `background_highpass` reads "
+              "the scan alone (no MAE); the others read the MAE's reconstruction. The shipped score is `score` in "
+              "medfedpure/federated/settings.py; the test split is never used for the choice."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(json.dumps(results))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -39,12 +39,18 @@ def main() -> int:
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--limit", type=int, default=256, help="validation scans (class-stratified, seeded)")
     p.add_argument("--t", default="40,80,120,160", help="diffusion depths to check (up to t_max)")
+    p.add_argument("--mae", help="an MAE run folder to gate instead of the model's detector (e.g. runs/cmae/mae)")
+    p.add_argument("--ddim-steps", default="", help="DDIM step counts to compare, e.g. 1,2,4 (default: the model's)")
     p.add_argument("--out", default="reports")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     pipe = MedFedPure.from_pretrained(args.model, device="cpu")
+    if args.mae:
+        from medfedpure.pipeline import load_mae
+
+        pipe.mae = load_mae(Path(args.mae))[0].eval()
     scans = load_scans(args.data, "val", Path(pipe.source.path) / "split.csv")
     keep = _stratified_pick(scans.labels, args.limit, 0)
     x = scans.tensor(keep)
@@ -61,7 +67,7 @@ def main() -> int:
 
     clean_pred = classify(x)
     clean_acc = float((clean_pred == y).float().mean())
-    # MAE: every patch hidden exactly once (complementary masks at the training ratio)
+    # MAE: every patch hidden (complementary masks at the MAE's own ratio: the scoring ratio of the convolutional MAE)
     mae = pipe.mae
     ks = complementary_keep_sets(mae.num_patches, mae.mask_ratio, 1, 0)
     recon = torch.cat([detector.reconstruct(mae, x[i:i + 32], ks)[0] for i in range(0, len(x), 32)])
@@ -74,6 +80,7 @@ def main() -> int:
                    "gate_within_3_points": recon_acc >= clean_acc - 0.03},
            "purifier": {}}
     gen = torch.Generator().manual_seed(0)
+    step_counts = [int(v) for v in args.ddim_steps.split(",")] if args.ddim_steps else [pipe.ddim_steps]
     for t in [int(v) for v in args.t.split(",")]:
         if t > pipe.t_max:
             continue
@@ -81,18 +88,23 @@ def main() -> int:
         noise = torch.randn(x.shape, generator=gen)
         xt = pipe.purifier.add_noise(x * 2 - 1, tt, noise)
         xt01 = ((xt + 1) / 2).clamp(0, 1)
-        purified = torch.cat([pipe.purifier.purify(x[i:i + 16], tt[i:i + 16], steps=pipe.ddim_steps,
-                                                   generator=torch.Generator().manual_seed(i)) for i in range(0, len(x), 16)])
         acc_t = float((classify(xt01) == y).float().mean())
-        acc_p = float((classify(purified) == y).float().mean())
-        out["purifier"][str(t)] = {"accuracy_noised": acc_t, "accuracy_purified": acc_p,
-                                   "psnr_purified": _psnr(purified.numpy(), x.numpy()),
-                                   "gate_at_least_noised": acc_p >= acc_t, "gate_within_1_point": acc_p >= clean_acc - 0.01}
+        for steps in step_counts:
+            purified = torch.cat([pipe.purifier.purify(x[i:i + 16], tt[i:i + 16], steps=steps,
+                                                       generator=torch.Generator().manual_seed(i))
+                                  for i in range(0, len(x), 16)])
+            acc_p = float((classify(purified) == y).float().mean())
+            out["purifier"][f"{t}/{steps}"] = {
+                "t": t, "ddim_steps": steps, "accuracy_noised": acc_t, "accuracy_purified": acc_p,
+                "psnr_purified": _psnr(purified.numpy(), x.numpy()),
+                "gate_at_least_noised": acc_p >= acc_t, "gate_within_1_point": acc_p >= clean_acc - 0.01}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "generative_gates.json").write_text(json.dumps(out, indent=1) + "\n")
     m = out["mae"]
     lines = ["# Quality gates of the generative models (validation scans)", "",
-             f"Command: `python scripts/generative_gates.py --model {args.model} --data {args.data} --limit {args.limit} --t {args.t}`; "
+             f"Command: `python scripts/generative_gates.py --model {args.model} --data {args.data} --limit {args.limit} --t {args.t}"
+             + (f" --mae {args.mae}" if args.mae else "") + (f" --ddim-steps {args.ddim_steps}" if args.ddim_steps else "")
+             + "`; "
              f"{out['n']} validation scans (class-stratified), each classified by its own hospital's model; clean "
              f"accuracy {100 * clean_acc:.1f}%.", "",
              "| MAE | value | gate |", "|---|---|---|",
@@ -100,10 +112,10 @@ def main() -> int:
              f"| share of the scan's high-pass energy kept | {100 * m['highpass_energy_kept']:.1f}% | |",
              f"| classifier on reconstructions | {100 * recon_acc:.1f}% | within 3 points of clean: "
              f"{'pass' if m['gate_within_3_points'] else 'FAIL'} |", "",
-             "| t | classifier on x_t | on P(x) | PSNR P(x) vs x | P(x) >= x_t | within 1 point of clean |",
-             "|---|---|---|---|---|---|"]
-    for t, r in out["purifier"].items():
-        lines.append(f"| {t} | {100 * r['accuracy_noised']:.1f}% | {100 * r['accuracy_purified']:.1f}% | "
+             "| t | DDIM steps | classifier on x_t | on P(x) | PSNR P(x) vs x | P(x) >= x_t | within 1 point of clean |",
+             "|---|---|---|---|---|---|---|"]
+    for r in out["purifier"].values():
+        lines.append(f"| {r['t']} | {r['ddim_steps']} | {100 * r['accuracy_noised']:.1f}% | {100 * r['accuracy_purified']:.1f}% | "
                      f"{r['psnr_purified']:.1f} dB | {'pass' if r['gate_at_least_noised'] else 'FAIL'} | "
                      f"{'pass' if r['gate_within_1_point'] else 'FAIL'} |")
     (Path(args.out) / "generative_gates.md").write_text("\n".join(lines) + "\n")
