@@ -115,7 +115,8 @@ def train(msg: Message, context: Context) -> Message:
         n_steps = max(1, round(float(cfg["local-epochs"]) * len(data.train_x) / int(cfg["batch-size"])))
         metrics = steps.train_purifier(model, data.train_x, steps=n_steps, lr=_round_lr(cfg),
                                        batch_size=int(cfg["batch-size"]), crop=int(cfg.get("crop", 64)),
-                                       max_timestep=int(cfg.get("max-timestep", 300)), seed=seed, device=device)
+                                       max_timestep=int(cfg.get("max-timestep", 300)), seed=seed, device=device,
+                                       ema_decay=float(cfg["ema-decay"]))
     model.cpu()
     _keep_personal(model, cfg, context)
     state = _inject_faults(cfg, hospital, shared_state(model))

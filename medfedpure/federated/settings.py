@@ -48,6 +48,7 @@ PER_MODEL = {
     },
     "purifier": {
         "num-rounds": 8, "local-epochs": 3, "lr": 3e-4, "batch-size": 32, "crop": 64, "max-timestep": 300,
+        "ema-decay": 0.0,     # > 0: each hospital sends the EMA of its local weights (e.g. 0.995 for a fine-tune)
         "model-config": {},
     },
 }

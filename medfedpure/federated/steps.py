@@ -241,15 +241,19 @@ def evaluate_mae(model: MaskedAutoencoder, images: torch.Tensor, *, seed: int = 
 
 def train_purifier(purifier: DiffusionPurifier, images: torch.Tensor, *, steps: int = 50, lr: float = 2e-4,
                    batch_size: int = 32, crop: int = 64, max_timestep: int = 300, seed: int = 0,
-                   device: torch.device | str = "cpu") -> dict:
+                   device: torch.device | str = "cpu", ema_decay: float = 0.0) -> dict:
     """DDPM training on random crops, timesteps drawn only from [0, max_timestep).
 
     Purification never diffuses beyond t_max (~200), so the high-noise timesteps would be wasted compute;
-    crops cut the cost ~4x and the convolutional UNet applies to full scans unchanged.
+    crops cut the cost ~4x and the convolutional UNet applies to full scans unchanged (crop = the scan size
+    trains on whole scans, the end of the recipe). `ema_decay` > 0: the hospital returns the exponential moving
+    average of its weights over its local steps (started from the round's global weights), not the last iterate.
     """
     gen = torch.Generator().manual_seed(seed)
     purifier.to(device).train()
     opt = torch.optim.AdamW(purifier.unet.parameters(), lr=lr, weight_decay=0.0)
+    params = [p for p in purifier.unet.parameters() if p.requires_grad]
+    ema = [p.detach().clone() for p in params] if ema_decay > 0 else None
     n, size = images.shape[0], images.shape[-1]
     loss_sum = 0.0
     for _ in range(steps):
@@ -265,7 +269,14 @@ def train_purifier(purifier: DiffusionPurifier, images: torch.Tensor, *, steps: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(purifier.unet.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - ema_decay)
         loss_sum += loss.item()
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     return {"loss": loss_sum / max(steps, 1), "num-examples": n}
 
 
