@@ -118,17 +118,64 @@ def classifier_score(classifier, x: torch.Tensor, recon: torch.Tensor, statistic
     return (fx - fr).norm(dim=1) / fx.norm(dim=1).clamp_min(1e-6)
 
 
+def statistic_parts(statistic: str) -> list[str]:
+    """The statistics a score adds up: "mean_abs_error+background_highpass" -> both; a single name -> itself."""
+    parts = [p.strip() for p in statistic.split("+")]
+    for p in parts:
+        if p not in STATISTICS:
+            raise ValueError(f"unknown detector statistic {p!r}; choose from {STATISTICS} (or a sum a+b)")
+    if len(parts) > 1 and any(p in CLASSIFIER_STATISTICS for p in parts):
+        raise ValueError("a summed score adds map statistics only; the classifier statistics have no map")
+    return parts
+
+
+def parse_norms(text: str | dict | None) -> dict[str, float]:
+    """The setting "mean_abs_error=0.01,background_highpass=0.002" (or a dict) -> {part: median}."""
+    if isinstance(text, dict):
+        return {k: float(v) for k, v in text.items()}
+    norms = {}
+    for item in filter(None, (t.strip() for t in str(text or "").split(","))):
+        name, _, value = item.partition("=")
+        if name.strip() not in STATISTICS or not value:
+            raise ValueError(f"score-norms entry {item!r}: expected <statistic>=<median>, statistics {STATISTICS}")
+        norms[name.strip()] = float(value)
+    return norms
+
+
+def reads_mae(statistic: str) -> bool:
+    return any(p not in MODEL_FREE_STATISTICS for p in statistic_parts(statistic))
+
+
+def _whole_scan_map(amap: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """A region's map rescaled so that its mean over the whole scan is the region's mean (the part's score)."""
+    frac = region.flatten(1).mean(1).clamp_min(1.0 / region[0].numel()).view(-1, 1, 1, 1)
+    return amap / frac
+
+
 def score_scans(mae: MaskedAutoencoder, x: torch.Tensor, keep_sets: torch.Tensor,
-                statistic: str = "mean_abs_error", classifier=None):
+                statistic: str = "mean_abs_error", classifier=None, norms: dict | None = None):
     """(reconstruction, anomaly map, score) for x (N, 1, H, W) in [0, 1]; differentiable.
 
-    `classifier` (the hospital's model) is needed by the CLASSIFIER_STATISTICS only.
+    `classifier` (the hospital's model) is needed by the CLASSIFIER_STATISTICS only. A summed score
+    ("a+b") divides each part by its `norms` entry (its median on clean validation scans, recorded in the
+    detector's config), and its map is the sum of the parts' maps, each rescaled to the whole scan, so the map's
+    mean is exactly the score.
     """
     recon, err = reconstruct(mae, x, keep_sets)
-    if statistic in CLASSIFIER_STATISTICS:
+    parts = statistic_parts(statistic)
+    if parts[0] in CLASSIFIER_STATISTICS:
         return recon, (recon - x).abs(), classifier_score(classifier, x, recon, statistic)
-    amap, region = anomaly_map(x, recon, err, statistic)
-    return recon, amap, anomaly_score(amap, region)
+    if len(parts) == 1:
+        amap, region = anomaly_map(x, recon, err, statistic)
+        return recon, amap, anomaly_score(amap, region)
+    missing = [p for p in parts if not (norms or {}).get(p)]
+    if missing:
+        raise ValueError(f"the summed score {statistic!r} needs norms for {missing} (score-norms)")
+    total = 0.0
+    for p in parts:
+        amap, region = anomaly_map(x, recon, err, p)
+        total = total + _whole_scan_map(amap, region) / float(norms[p])
+    return recon, total, anomaly_score(total)
 
 
 def calibrate_threshold(clean_scores: np.ndarray, target_fpr: float = 0.05) -> float:

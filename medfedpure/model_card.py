@@ -7,17 +7,18 @@ import json
 from pathlib import Path
 
 from medfedpure import __version__
+from medfedpure.evaluation.metrics import ATTACK, CLEAN
 
 PAPER = "Karami et al., MedFedPure, arXiv 2511.11625 (2025)"
 
-FIELDS = [
-    ("clean_accuracy", "clean accuracy, no defence"),
-    ("clean_accuracy_defended", "clean accuracy, defence on"),
-    ("robust_accuracy_undefended", "robust accuracy, no defence"),
-    ("robust_accuracy_defended", "robust accuracy, defence on"),
-    ("detection_auroc", "detection AUROC"),
-    ("false_positive_rate", "false-positive rate (clean flagged)"),
-    ("true_positive_rate", "true-positive rate (attacked flagged)"),
+FIELDS = [  # results.json's headline figures (the result records' field names) and their column names
+    (CLEAN.clean_accuracy, "clean accuracy, no defence"),
+    (CLEAN.clean_accuracy_defended, "clean accuracy, defence on"),
+    (ATTACK.robust_accuracy_undefended, "robust accuracy, no defence"),
+    (ATTACK.robust_accuracy_defended, "robust accuracy, defence on"),
+    (ATTACK.detection_auroc, "detection AUROC"),
+    (CLEAN.false_positive_rate, "false-positive rate (clean flagged)"),
+    (ATTACK.true_positive_rate, "true-positive rate (attacked flagged)"),
 ]
 
 
@@ -56,7 +57,7 @@ def _results_table(results_dir: Path | None) -> str:
         desc = attack.get("name", "none") if isinstance(attack, dict) else str(attack)
         if isinstance(attack, dict) and attack.get("eps") is not None:
             desc += f", eps {attack['eps']:.4g}, {attack.get('steps', '?')} steps"
-        rows.append((label, desc, res.get("n"), [_num(res.get(k)) if k == "detection_auroc" else _fmt(res.get(k))
+        rows.append((label, desc, res.get("n"), [_num(res.get(k)) if k == ATTACK.detection_auroc else _fmt(res.get(k))
                                                  for k, _ in FIELDS]))
     head = "| run | attack | n | " + " | ".join(name for _, name in FIELDS) + " |\n"
     head += "|---" * (3 + len(FIELDS)) + "|\n"

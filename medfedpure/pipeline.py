@@ -8,7 +8,6 @@ Everything the app shows and the CLI prints comes from the returned result; noth
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from medfedpure import detector
+from medfedpure import checkpoint_format, detector
 from medfedpure.device import pick_device
-from medfedpure.hub import load_weights, resolve_model
+from medfedpure.hub import resolve_model
 from medfedpure.models.classifier import Gate, HospitalClassifier, MixtureOfExpertsClassifier
-from medfedpure.models.mae import MaskedAutoencoder, build_mae
+from medfedpure.models.mae import MaskedAutoencoder
 from medfedpure.models.purifier import DiffusionPurifier
 
 PURIFY_MODES = ("flagged", "always", "never")
@@ -115,6 +114,7 @@ class MedFedPure:
         self.detector_config = detector_config
         self.calibration = {int(h): c for h, c in detector_config["calibration"].items()}
         self.statistic = detector_config.get("score", "mean_abs_error")
+        self.score_norms = detector_config.get("score_norms") or None
         self.keep_sets = detector.keep_sets_for(mae, int(detector_config["score_repeats"]),
                                                 int(detector_config["score_seed"]), self.device,
                                                 mask_ratio=detector_config.get("score_mask_ratio"))
@@ -174,7 +174,7 @@ class MedFedPure:
     # ----------------------------------------------------------------------------------- stages
     def detect(self, x: torch.Tensor):
         """(reconstruction, anomaly map, score) for a batch (N, 1, H, W) in [0, 1]; differentiable."""
-        return detector.score_scans(self.mae, x, self.keep_sets, self.statistic)
+        return detector.score_scans(self.mae, x, self.keep_sets, self.statistic, norms=self.score_norms)
 
     def t_star(self, score: torch.Tensor, hospital: int, purify: str = "flagged") -> torch.Tensor:
         """Diffusion depth per scan: 0 (no purification) under the threshold unless purify == "always"."""
@@ -300,39 +300,42 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------- loaders
 def load_classifier(folder: Path):
-    state, config = load_weights(folder)
-    arch = ("num_classes", "num_experts", "width", "gate_width", "expert_type", "norm", "num_types", "input_norm")
-    model = MixtureOfExpertsClassifier(**{k: config[k] for k in arch if k in config})
+    """(classifier with its OOD check and tumour types, {hospital: gate}, class names) from a classifier folder."""
     from medfedpure.ood import PREFIX as OOD_PREFIX, OodCheck
 
-    ood = OodCheck.from_state(state, config)
+    state, config = checkpoint_format.load_model_state(folder, "classifier")
+    model = checkpoint_format.build_model(config)
+    operating = config.operating
+    ood = OodCheck.from_state(state, operating)
     shared = {k: v for k, v in state.items() if not k.startswith("gates.") and not k.startswith(OOD_PREFIX)}
     missing, unexpected = model.load_state_dict(shared, strict=False)
     missing = [k for k in missing if not k.startswith("gate.") and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise ValueError(f"classifier weights do not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
     gates = {}
-    for h in config.get("hospitals", []):
-        gate = Gate(config["num_experts"], config["gate_width"])
+    for h in operating.get("hospitals", []):
+        gate = Gate(model.config["num_experts"], model.config["gate_width"])
         prefix = f"gates.{h}."
         gate.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         gates[int(h)] = gate
-    model.tumour_types = list(config.get("tumour_types", [])) if config.get("num_types") else []
+    model.tumour_types = list(operating.get("tumour_types", [])) if model.config["num_types"] else []
     model.ood_check = ood
-    return model.float(), gates, config.get("class_names", ["no_tumour", "tumour"])
+    return model.float(), gates, operating.get("class_names", ["no_tumour", "tumour"])
 
 
 def load_mae(folder: Path):
-    state, config = load_weights(folder)
-    mae = build_mae(config)
+    """(MAE, the detector's operating settings: score, calibration per hospital, ...) from a detector folder."""
+    state, config = checkpoint_format.load_model_state(folder, "detector")
+    mae = checkpoint_format.build_model(config)
     mae.load_state_dict({k: v.float() for k, v in state.items()})
-    return mae, config
+    return mae, config.operating
 
 
 def load_purifier(folder: Path):
+    """(purifier, its operating settings: t_min, t_max, ddim_steps) from a purifier folder (diffusers layout)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     unet = UNet2DModel.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
     scheduler = DDPMScheduler.from_pretrained(folder)
-    purification = json.loads((folder / "purification.json").read_text())
+    purification = checkpoint_format.read_config(folder, "purifier").operating
     return DiffusionPurifier(unet.float(), scheduler), purification

@@ -25,6 +25,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from medfedpure.evaluation.metrics import ATTACK, CLEAN, REJECT, VARIANT
+
 # The paper's Table 2 (Karami et al., arXiv 2511.11625), Br35H, PGD L-inf eps=0.015, 7 steps, step 0.003.
 PAPER = {"clean_accuracy": 0.9767, "robust_accuracy_undefended": 0.4950, "robust_accuracy_defended": 0.8733}
 
@@ -91,21 +93,21 @@ def results_markdown(results: dict) -> str:
                f"{defence.get('target_fpr')}), t* in [{defence.get('t_min')}, {defence.get('t_max')}], "
                f"{defence.get('ddim_steps')} DDIM steps.\n")
     out.append("Figures are means over hospitals; defended figures are mean ± std over purifier seeds.\n")
-    rows = [["No defence", pct(results.get("clean_accuracy"))]]
-    rows.append([f"MedFedPure (purify {defence.get('purify')})", pct(results.get("clean_accuracy_defended"))])
+    rows = [["No defence", pct(results.get(CLEAN.clean_accuracy))]]
+    rows.append([f"MedFedPure (purify {defence.get('purify')})", pct(results.get(CLEAN.clean_accuracy_defended))])
     attacks = results.get("attacks", [])
     out.append("## Clean\n")
     clean = results.get("clean", {})
     out.append(_table(["", "Clean accuracy"], rows))
-    out.append(f"\nFalse-positive rate (clean scans flagged): {pct(clean.get('false_positive_rate'))}.\n")
+    out.append(f"\nFalse-positive rate (clean scans flagged): {pct(clean.get(CLEAN.false_positive_rate))}.\n")
     if attacks:
         out.append("## Attacks\n")
         rows = []
         for a in attacks:
-            rows.append([a["label"], a.get("target", ""), pct(a.get("robust_accuracy_undefended")),
-                         pct(a.get("robust_accuracy_defended")), num(a.get("detection_auroc")),
-                         pct(a.get("true_positive_rate")), pct(a.get("purified_fraction")),
-                         num(a.get("perturbation_linf_max"), 4), num(a.get("perturbation_l2_mean"), 3)])
+            rows.append([a["label"], a.get("target", ""), pct(a.get(ATTACK.robust_accuracy_undefended)),
+                         pct(a.get(ATTACK.robust_accuracy_defended)), num(a.get(ATTACK.detection_auroc)),
+                         pct(a.get(ATTACK.true_positive_rate)), pct(a.get(ATTACK.purified_fraction)),
+                         num(a.get(ATTACK.perturbation_linf_max), 4), num(a.get(ATTACK.perturbation_l2_mean), 3)])
         out.append(_table(["Attack", "Sees", "Robust acc. undefended", "Robust acc. defended", "Detection AUROC",
                            "TPR (flagged)", "Purified", "max L-inf", "mean L2"], rows))
         ab = results.get("ablations", {})
@@ -114,23 +116,25 @@ def results_markdown(results: dict) -> str:
         for key, val in ab.items():
             if not isinstance(val, dict) or key == "detect_and_reject":
                 continue
-            rows.append([key.replace("_", " "), pct(val.get("clean_accuracy")), pct(val.get("robust_accuracy"))])
+            rows.append([key.replace("_", " "), pct(val.get(VARIANT.clean_accuracy)),
+                         pct(val.get(VARIANT.robust_accuracy))])
         out.append(_table(["Variant", "Clean accuracy", "Robust accuracy"], rows))
         rej = ab.get("detect_and_reject", {})
         out.append(
             "\nDetect and reject (no purification): clean rejection rate "
-            f"{pct(rej.get('clean_rejection_rate'))}, accuracy on accepted clean scans "
-            f"{pct(rej.get('clean_accuracy_on_accepted'))}; adversarial rejection rate "
-            f"{pct(rej.get('adversarial_rejection_rate'))}, accuracy on accepted adversarial scans "
-            f"{pct(rej.get('robust_accuracy_on_accepted'))}, robust accuracy counting a rejected scan as stopped "
-            f"{pct(rej.get('robust_accuracy_rejected_counts_as_stopped'))}.\n")
+            f"{pct(rej.get(REJECT.clean_rejection_rate))}, accuracy on accepted clean scans "
+            f"{pct(rej.get(REJECT.clean_accuracy_on_accepted))}; adversarial rejection rate "
+            f"{pct(rej.get(REJECT.adversarial_rejection_rate))}, accuracy on accepted adversarial scans "
+            f"{pct(rej.get(REJECT.robust_accuracy_on_accepted))}, robust accuracy counting a rejected scan as "
+            f"stopped {pct(rej.get(REJECT.robust_accuracy_rejected_counts_as_stopped))}.\n")
     per_h = results.get("per_hospital", {})
     if per_h:
         out.append("\n## Per hospital\n")
-        rows = [[h, d.get("n"), num(d.get("threshold"), 4), pct(d.get("clean_accuracy")),
-                 pct(d.get("clean_accuracy_defended")), pct(d.get("robust_accuracy_undefended")),
-                 pct(d.get("robust_accuracy_defended")), num(d.get("detection_auroc")),
-                 pct(d.get("false_positive_rate")), pct(d.get("true_positive_rate"))] for h, d in per_h.items()]
+        rows = [[h, d.get(CLEAN.n), num(d.get(CLEAN.threshold), 4), pct(d.get(CLEAN.clean_accuracy)),
+                 pct(d.get(CLEAN.clean_accuracy_defended)), pct(d.get(ATTACK.robust_accuracy_undefended)),
+                 pct(d.get(ATTACK.robust_accuracy_defended)), num(d.get(ATTACK.detection_auroc)),
+                 pct(d.get(CLEAN.false_positive_rate)), pct(d.get(ATTACK.true_positive_rate))]
+                for h, d in per_h.items()]
         out.append(_table(["Hospital", "n", "Threshold", "Clean", "Clean defended", "Robust undefended",
                            "Robust defended", "AUROC", "FPR", "TPR"], rows))
     env = results.get("environment", {})
@@ -195,10 +199,10 @@ def _eps_series(results: list[dict | None], key: str):
                 pts[round(a["eps"], 6)] = (a["eps"], _mean(a.get(key)), _std(a.get(key)))
     pts = sorted(pts.values(), key=lambda t: t[0])
     res = results[0]
-    undefended = key == "robust_accuracy_undefended"
-    clean = res.get("clean_accuracy") if undefended else _mean(res.get("clean_accuracy_defended"))
+    undefended = key == ATTACK.robust_accuracy_undefended
+    clean = res.get(CLEAN.clean_accuracy) if undefended else _mean(res.get(CLEAN.clean_accuracy_defended))
     if pts and clean is not None:
-        cstd = None if key == "robust_accuracy_undefended" else _std(res.get("clean_accuracy_defended"))
+        cstd = None if undefended else _std(res.get(CLEAN.clean_accuracy_defended))
         pts = [(0.0, clean, cstd)] + pts
     return [p[0] for p in pts], [p[1] for p in pts], [p[2] or 0.0 for p in pts]
 
@@ -206,11 +210,11 @@ def _eps_series(results: list[dict | None], key: str):
 def plot_robust_vs_eps(runs: dict, path: Path) -> Path | None:
     series = []
     sweep = [runs.get("sweep")]
-    series.append(("undefended (PGD on classifier)", *_eps_series(sweep, "robust_accuracy_undefended"), "o-"))
-    series.append(("MedFedPure (PGD on classifier)", *_eps_series(sweep, "robust_accuracy_defended"), "s-"))
+    series.append(("undefended (PGD on classifier)", *_eps_series(sweep, ATTACK.robust_accuracy_undefended), "o-"))
+    series.append(("MedFedPure (PGD on classifier)", *_eps_series(sweep, ATTACK.robust_accuracy_defended), "s-"))
     adaptive = [runs.get("adaptive-sweep"), runs.get("adaptive")]
-    series.append(("MedFedPure (adaptive attack)", *_eps_series(adaptive, "robust_accuracy_defended"), "^-"))
-    series.append(("undefended (adaptive attack)", *_eps_series(adaptive, "robust_accuracy_undefended"), "v:"))
+    series.append(("MedFedPure (adaptive attack)", *_eps_series(adaptive, ATTACK.robust_accuracy_defended), "^-"))
+    series.append(("undefended (adaptive attack)", *_eps_series(adaptive, ATTACK.robust_accuracy_undefended), "v:"))
     series = [s for s in series if s[1]]
     if not series:
         return None
@@ -238,8 +242,9 @@ def plot_per_hospital(res: dict, path: Path) -> Path | None:
         return None
     plt = _plt()
     hs = list(per_h)
-    keys = [("clean_accuracy", "clean"), ("clean_accuracy_defended", "clean, defended"),
-            ("robust_accuracy_undefended", "PGD, undefended"), ("robust_accuracy_defended", "PGD, defended")]
+    keys = [(CLEAN.clean_accuracy, "clean"), (CLEAN.clean_accuracy_defended, "clean, defended"),
+            (ATTACK.robust_accuracy_undefended, "PGD, undefended"),
+            (ATTACK.robust_accuracy_defended, "PGD, defended")]
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(hs) + 2), 4))
     for k, (key, label) in enumerate(keys):
@@ -284,9 +289,10 @@ def _row(name: str, res: dict | None, attack_index: int = 0) -> list[str] | None
         return None
     a = res["attacks"][attack_index]
     return [name, a["label"], a.get("target", ""), f"{res.get('n_pairs')} ({res.get('n')} scans)",
-            pct(res.get("clean_accuracy")), pct(res.get("clean_accuracy_defended")),
-            pct(a.get("robust_accuracy_undefended")), pct(a.get("robust_accuracy_defended")),
-            num(a.get("detection_auroc")), pct(res.get("false_positive_rate")), pct(a.get("true_positive_rate"))]
+            pct(res.get(CLEAN.clean_accuracy)), pct(res.get(CLEAN.clean_accuracy_defended)),
+            pct(a.get(ATTACK.robust_accuracy_undefended)), pct(a.get(ATTACK.robust_accuracy_defended)),
+            num(a.get(ATTACK.detection_auroc)), pct(res.get(CLEAN.false_positive_rate)),
+            pct(a.get(ATTACK.true_positive_rate))]
 
 
 def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, round_plot: str | None = None,
@@ -302,12 +308,12 @@ def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, r
         out.append(f"Model: {model.get('description')}. Data: {_setting_text(paper)}.\n")
         out.append("## Against the paper (Table 2: Br35H, PGD L-inf eps = 0.015, 7 steps, step 0.003)\n")
         a = paper["attacks"][0] if paper.get("attacks") else {}
-        rows = [["Clean accuracy", pct(PAPER["clean_accuracy"], 2), pct(paper.get("clean_accuracy")),
-                 pct(paper.get("clean_accuracy_defended"))],
+        rows = [["Clean accuracy", pct(PAPER["clean_accuracy"], 2), pct(paper.get(CLEAN.clean_accuracy)),
+                 pct(paper.get(CLEAN.clean_accuracy_defended))],
                 ["Robust accuracy, no defence", pct(PAPER["robust_accuracy_undefended"], 2),
-                 pct(a.get("robust_accuracy_undefended")), ""],
+                 pct(a.get(ATTACK.robust_accuracy_undefended)), ""],
                 ["Robust accuracy, MedFedPure", pct(PAPER["robust_accuracy_defended"], 2), "",
-                 pct(a.get("robust_accuracy_defended"))]]
+                 pct(a.get(ATTACK.robust_accuracy_defended))]]
         out.append(_table(["", "Paper", "Ours, no defence", "Ours, MedFedPure"], rows))
         out.append("\nSame protocol as the paper: the attacker sees only the hospital's classifier; the same "
                    "adversarial scans are fed to the undefended classifier and to the defence. Unlike the paper's "
@@ -330,8 +336,9 @@ def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, r
         if not res or not res.get("attacks"):
             continue
         out.append(f"## Robust accuracy vs eps ({name}: {res['attacks'][0]['name']}, {res.get('n_pairs')} pairs)\n")
-        rows = [[num(a["eps"], 4), pct(a.get("robust_accuracy_undefended")), pct(a.get("robust_accuracy_defended")),
-                 num(a.get("detection_auroc")), pct(a.get("true_positive_rate"))] for a in res["attacks"]]
+        rows = [[num(a["eps"], 4), pct(a.get(ATTACK.robust_accuracy_undefended)),
+                 pct(a.get(ATTACK.robust_accuracy_defended)), num(a.get(ATTACK.detection_auroc)),
+                 pct(a.get(ATTACK.true_positive_rate))] for a in res["attacks"]]
         out.append(_table(["eps", "Undefended", "Defended", "Detection AUROC", "TPR"], rows))
     for name, title in (("ablations", "Ablations, paper protocol"), ("pgd-8-255", "Ablations, PGD eps = 8/255"),
                         ("adaptive", "Ablations, adaptive attack")):
@@ -339,22 +346,22 @@ def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, r
         if not res or not res.get("attacks"):
             continue
         ab = res.get("ablations", {})
-        rows = [[k.replace("_", " "), pct(v.get("clean_accuracy")), pct(v.get("robust_accuracy"))]
+        rows = [[k.replace("_", " "), pct(v.get(VARIANT.clean_accuracy)), pct(v.get(VARIANT.robust_accuracy))]
                 for k, v in ab.items() if isinstance(v, dict) and k != "detect_and_reject"]
         fed = runs.get("fedavg") if name == "ablations" else None
         if fed and fed.get("attacks"):
-            rows.append(["FedAvg classifier, no defence", pct(fed.get("clean_accuracy")),
-                         pct(fed["attacks"][0].get("robust_accuracy_undefended"))])
-            rows.append(["FedAvg classifier + MAE + purifier", pct(fed.get("clean_accuracy_defended")),
-                         pct(fed["attacks"][0].get("robust_accuracy_defended"))])
+            rows.append(["FedAvg classifier, no defence", pct(fed.get(CLEAN.clean_accuracy)),
+                         pct(fed["attacks"][0].get(ATTACK.robust_accuracy_undefended))])
+            rows.append(["FedAvg classifier + MAE + purifier", pct(fed.get(CLEAN.clean_accuracy_defended)),
+                         pct(fed["attacks"][0].get(ATTACK.robust_accuracy_defended))])
         out.append(f"## {title}\n")
         out.append(_table(["Variant", "Clean accuracy", "Robust accuracy"], rows))
         rej = ab.get("detect_and_reject", {})
-        out.append(f"\nDetect and reject, no purification: {pct(rej.get('clean_rejection_rate'))} of clean scans "
-                   f"rejected ({pct(rej.get('clean_accuracy_on_accepted'))} accuracy on the rest); "
-                   f"{pct(rej.get('adversarial_rejection_rate'))} of adversarial scans rejected "
-                   f"({pct(rej.get('robust_accuracy_on_accepted'))} accuracy on the accepted ones; "
-                   f"{pct(rej.get('robust_accuracy_rejected_counts_as_stopped'))} if a rejection counts as "
+        out.append(f"\nDetect and reject, no purification: {pct(rej.get(REJECT.clean_rejection_rate))} of clean "
+                   f"scans rejected ({pct(rej.get(REJECT.clean_accuracy_on_accepted))} accuracy on the rest); "
+                   f"{pct(rej.get(REJECT.adversarial_rejection_rate))} of adversarial scans rejected "
+                   f"({pct(rej.get(REJECT.robust_accuracy_on_accepted))} accuracy on the accepted ones; "
+                   f"{pct(rej.get(REJECT.robust_accuracy_rejected_counts_as_stopped))} if a rejection counts as "
                    "stopping the attack).\n")
     out.append("## Personalised vs FedAvg\n\nAccuracy of the personalised mixture, the FedAvg model (and local-only "
                "training, when run) on each hospital's own held-out scans and on the test split, from the "

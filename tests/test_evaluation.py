@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from medfedpure import evaluation
+from medfedpure.evaluation import run as evaluation_run
 from medfedpure.evaluation import (EvalSettings, ScanSet, _rankdata, _stratified_pick, auroc, evaluate, load_scans,
                                    make_pairs, roc_curve)
 
@@ -159,7 +160,7 @@ def test_evaluate_results_have_every_field(tiny_pipe, example_scans):
 def test_the_same_adversarial_scans_feed_both_the_undefended_and_defended_model(tiny_pipe, example_scans,
                                                                                 monkeypatch):
     calls, outputs = [], {}
-    real = evaluation.make_attack
+    real = evaluation_run.make_attack
 
     def counting(name, *args, **kwargs):
         attack = real(name, *args, **kwargs)
@@ -172,7 +173,7 @@ def test_the_same_adversarial_scans_feed_both_the_undefended_and_defended_model(
         wrapped.settings = attack.settings
         return wrapped
 
-    monkeypatch.setattr(evaluation, "make_attack", counting)
+    monkeypatch.setattr(evaluation_run, "make_attack", counting)
     res = evaluate(tiny_pipe, example_scans, EvalSettings(attacks=["pgd"], steps=2, batch_size=4, progress=False),
                    hospitals=[1])
     assert len(calls) == 2  # one call per batch (6 scans, batch 4): never re-attacked for the defended figure
@@ -200,6 +201,46 @@ def test_defended_prediction_does_not_depend_on_the_batch(tiny_pipe, example_sca
                      hospitals=[0])
     assert base["clean_accuracy_defended"] == small["clean_accuracy_defended"]
     assert base["robust_accuracy_undefended"] is None  # no attack: no robust figures
+
+
+# --------------------------------------------------------------------------------------------- results.json keys
+RESULTS_KEYS = REPO_ROOT / "tests" / "results_keys.json"
+KEY_RUNS = {  # run name -> settings; "full" computes every optional figure, "plain" none of them
+    "full": dict(attacks=["pgd", "fgsm"], eps=[0.015], steps=2, repeats=2, ablations=True),
+    "plain": dict(attacks=["pgd"], steps=2),
+}
+
+
+def _key_paths(value, prefix: str = "") -> set[str]:
+    """Every key of a JSON value as a path ("attacks[]/per_hospital/0/n"); list items share one "[]" level."""
+    if isinstance(value, dict):
+        return set().union(*({prefix + k} | _key_paths(v, prefix + k + "/") for k, v in value.items()))
+    if isinstance(value, list):
+        return set().union(set(), *(_key_paths(v, prefix[:-1] + "[]/") for v in value))
+    return set()
+
+
+@pytest.mark.parametrize("run", sorted(KEY_RUNS))
+def test_results_json_keeps_its_keys(tiny_pipe, example_scans, tmp_path, run):
+    """results.json's nested key set is stored in tests/results_keys.json: a renamed, lost or new key fails here
+    (update that file only on purpose; the report, the model card and other readers use these keys)."""
+    res = evaluate(tiny_pipe, example_scans, EvalSettings(**KEY_RUNS[run], progress=False))
+    path = evaluation.write_results(res, tmp_path)
+    got = _key_paths(json.loads(path.read_text()))
+    expected = set(json.loads(RESULTS_KEYS.read_text())[run])
+    assert got == expected, f"new keys {sorted(got - expected)[:10]}, missing keys {sorted(expected - got)[:10]}"
+
+
+def test_key_paths_see_nested_and_listed_keys():
+    assert _key_paths({"a": 1, "b": {"c": [{"d": 1}, {"e": 2}]}, "f": []}) == {"a", "b", "b/c", "b/c[]/d",
+                                                                              "b/c[]/e", "f"}
+
+
+def test_attack_names_are_the_attacks_module_s():
+    from medfedpure.attacks import ATTACKS
+    from medfedpure.evaluation import AttackName
+
+    assert [a.value for a in AttackName] == list(ATTACKS)
 
 
 # --------------------------------------------------------------------------------------------- CLI + report

@@ -80,3 +80,24 @@ def test_purifier_ema_returns_the_average_not_the_last_step():
         steps.train_purifier(pur, x, steps=4, batch_size=4, crop=16, ema_decay=decay, lr=1e-3)
         moved[decay] = sum(float((a - b.detach()).abs().sum()) for a, b in zip(start, pur.unet.parameters()))
     assert 0 < moved[0.99] < 0.2 * moved[0.0]              # 4 steps at 0.99 keep ~96% of the start
+
+
+def test_summed_score_is_the_mean_of_its_map_and_needs_its_norms():
+    torch.manual_seed(0)
+    mae = ConvMaskedAutoencoder(image_size=32, patch_size=8, width=8, levels=2).eval()
+    x = torch.rand(3, 1, 32, 32) * 0.3
+    x[..., :10, :] = 0.0                                    # a dark band: the background region
+    keep = detector.keep_sets_for(mae, 1, 0)
+    norms = detector.parse_norms("mean_abs_error=0.1, background_highpass=0.01")
+    with torch.no_grad():
+        _, amap, score = detector.score_scans(mae, x, keep, "mean_abs_error+background_highpass", norms=norms)
+        parts = [detector.score_scans(mae, x, keep, p)[2] / norms[p] for p in norms]
+    assert torch.allclose(score, parts[0] + parts[1], rtol=1e-5)
+    assert torch.allclose(amap.flatten(1).mean(1), score, rtol=1e-5)   # the map shown is the score that decides
+    with pytest.raises(ValueError, match="norms"):
+        detector.score_scans(mae, x, keep, "mean_abs_error+background_highpass")
+    with pytest.raises(ValueError, match="unknown"):
+        detector.statistic_parts("mean_abs_error+nonsense")
+    with pytest.raises(ValueError, match="score-norms"):
+        detector.parse_norms("mean_abs_error")
+    assert detector.reads_mae("mean_abs_error+background_highpass") and not detector.reads_mae("background_highpass")

@@ -6,7 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-ALL_ATTACKS = ("fgsm", "pgd", "pgdl2", "cw", "adaptive")  # what --attack all runs (eotpgd only by name)
+from medfedpure.evaluation.settings import AttackName, EvalSettings, Pairs, Purify
+
+# what --attack all runs (eotpgd only by name)
+ALL_ATTACKS = (AttackName.FGSM, AttackName.PGD, AttackName.PGDL2, AttackName.CW, AttackName.ADAPTIVE)
 
 
 class _Defaults(argparse.HelpFormatter):
@@ -19,7 +22,12 @@ class _Defaults(argparse.HelpFormatter):
         return text
 
 
+def _values(kind) -> list[str]:
+    return [m.value for m in kind]
+
+
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    d = EvalSettings()  # every evaluation flag's default
     p = subparsers.add_parser(name, help=help_text, description=(
         help_text + " The paper's protocol by default: PGD L-inf eps=0.015, step 0.003, 7 steps, on each hospital's "
         "classifier; the same adversarial scans go to the undefended classifier and to the defence. Writes "
@@ -35,42 +43,43 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "(default: recognised from the folder names: yes/no, or glioma/meningioma/pituitary/notumor, "
                         "also one level down such as Testing/glioma)")
     p.add_argument("--hospital", default="all", help="hospital id(s), comma-separated, or all")
-    p.add_argument("--attack", default="pgd",
-                   help="none, fgsm, pgd, pgdl2, cw, eotpgd, adaptive, a comma-separated list, or all "
+    p.add_argument("--attack", default=",".join(d.attacks),
+                   help=f"{', '.join(_values(AttackName))}, a comma-separated list, or all "
                         f"(= {','.join(ALL_ATTACKS)})")
-    p.add_argument("--eps", default="0.015", help="L-inf budget(s), comma-separated; fractions allowed (8/255)")
-    p.add_argument("--step", default="eps/5", help="PGD step: absolute (0.003, 2/255) or relative (eps/4)")
-    p.add_argument("--steps", type=int, default=7, help="PGD iterations")
-    p.add_argument("--eps-l2", default="1.0", help="L2 budget of pgdl2")
-    p.add_argument("--cw-c", type=float, default=1.0, help="CW trade-off constant c")
-    p.add_argument("--cw-steps", type=int, default=50, help="CW Adam steps")
-    p.add_argument("--eot", type=int, default=4, help="adaptive/eotpgd: purifier noise draws per step")
-    p.add_argument("--lam", type=float, default=1.0, help="adaptive: weight of the detector-evasion term")
-    p.add_argument("--margin", type=float, default=0.95, help="adaptive: push the score under margin x threshold")
-    p.add_argument("--gradient", choices=["full", "bpda"], default="full",
+    p.add_argument("--eps", default=",".join(str(e) for e in d.eps),
+                   help="L-inf budget(s), comma-separated; fractions allowed (8/255)")
+    p.add_argument("--step", default=d.step, help="PGD step: absolute (0.003, 2/255) or relative (eps/4)")
+    p.add_argument("--steps", type=int, default=d.steps, help="PGD iterations")
+    p.add_argument("--eps-l2", default=str(d.eps_l2), help="L2 budget of pgdl2")
+    p.add_argument("--cw-c", type=float, default=d.cw_c, help="CW trade-off constant c")
+    p.add_argument("--cw-steps", type=int, default=d.cw_steps, help="CW Adam steps")
+    p.add_argument("--eot", type=int, default=d.eot, help="adaptive/eotpgd: purifier noise draws per step")
+    p.add_argument("--lam", type=float, default=d.lam, help="adaptive: weight of the detector-evasion term")
+    p.add_argument("--margin", type=float, default=d.margin, help="adaptive: push the score under margin x threshold")
+    p.add_argument("--gradient", choices=["full", "bpda"], default=d.gradient,
                    help="adaptive: back-propagate through the purifier, or BPDA (identity gradient)")
-    p.add_argument("--through", choices=["always", "flagged"], default="always",
+    p.add_argument("--through", choices=_values([Purify.ALWAYS, Purify.FLAGGED]), default=d.through,
                    help="adaptive: purification mode the attack differentiates through")
-    p.add_argument("--transfer-from", default=None, metavar="SOURCE",
+    p.add_argument("--transfer-from", default=d.transfer_from, metavar="SOURCE",
                    help="craft the attacks on this classifier (folder with config.json + model.safetensors, e.g. "
                         "runs/fedavg/classifier) and evaluate them on ours (black-box transfer)")
     p.add_argument("--classifier", default=None, metavar="SOURCE",
                    help="replace the model's classifier by this one (e.g. runs/fedavg/classifier: FedAvg ablation)")
     p.add_argument("--limit", type=int, default=None,
                    help="seeded class-stratified subset of at most N scans (per hospital for --split val)")
-    p.add_argument("--pairs", choices=["all", "round-robin"], default="all",
+    p.add_argument("--pairs", choices=_values(Pairs), default=d.pairs.value,
                    help="all: every scan with every hospital's model; round-robin: each scan with one hospital")
-    p.add_argument("--repeats", type=int, default=1, help="purifier seeds per defended figure (mean and std)")
-    p.add_argument("--seed", type=int, default=0, help="attack, subset and first purifier seed")
-    p.add_argument("--purify", choices=["flagged", "always", "never"], default="flagged")
-    p.add_argument("--ablations", action="store_true",
+    p.add_argument("--repeats", type=int, default=d.repeats, help="purifier seeds per defended figure (mean and std)")
+    p.add_argument("--seed", type=int, default=d.seed, help="attack, subset and first purifier seed")
+    p.add_argument("--purify", choices=_values(Purify), default=d.purify.value)
+    p.add_argument("--ablations", action="store_true", default=d.ablations,
                    help="also purify every scan, and use a fixed t* = t_max (detect-and-reject is always reported)")
     p.add_argument("--model", default=None, help="checkpoint folder or Hub repo id (default: bundled pretrained/)")
     p.add_argument("--revision", default=None, help="Hub revision (commit hash to pin)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--adaptive-batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--adaptive-batch-size", type=int, default=d.adaptive_batch_size)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=run)
     return p
@@ -99,7 +108,7 @@ def run(args) -> int:
     import torch
 
     from medfedpure.data import DataError
-    from medfedpure.evaluation import EvalSettings, evaluate, load_scans, parse_number, with_classifier, write_results
+    from medfedpure.evaluation import evaluate, load_scans, parse_number, with_classifier, write_results
     from medfedpure.hub import ChecksumError, ModelSourceError
     from medfedpure.pipeline import MedFedPure
 
@@ -128,7 +137,8 @@ def run(args) -> int:
         return 2
     if not args.quiet:
         print(f"evaluating {len(scans)} scans x hospitals {hospitals} ({args.split} split), attacks "
-              f"{settings.attacks}, eps {settings.eps}, {settings.repeats} purifier seed(s) on {pipe.device}",
+              f"{[a.value for a in settings.attacks]}, eps {settings.eps}, {settings.repeats} purifier seed(s) on "
+              f"{pipe.device}",
               file=sys.stderr, flush=True)
     results = evaluate(pipe, scans, settings, hospitals)
     path = write_results(results, args.out)
@@ -138,11 +148,12 @@ def run(args) -> int:
 
 
 def _summary(results: dict) -> str:
+    from medfedpure.evaluation.metrics import ATTACK, CLEAN
     from medfedpure.report import num, pct
 
-    lines = [f"n={results['n']} scans, {results['n_pairs']} pairs; clean accuracy {pct(results['clean_accuracy'])}, "
-             f"with the defence {pct(results['clean_accuracy_defended'])}; false-positive rate "
-             f"{pct(results['false_positive_rate'])}"]
+    lines = [f"n={results['n']} scans, {results['n_pairs']} pairs; clean accuracy "
+             f"{pct(results[CLEAN.clean_accuracy])}, with the defence {pct(results[CLEAN.clean_accuracy_defended])}; "
+             f"false-positive rate {pct(results[CLEAN.false_positive_rate])}"]
     if results.get("balanced_accuracy") is not None:
         lines.append(f"balanced accuracy {pct(results['balanced_accuracy'])}, sensitivity "
                      f"{pct(results['sensitivity'])}, specificity {pct(results['specificity'])}"
@@ -152,7 +163,7 @@ def _summary(results: dict) -> str:
             lines.append(f"  {name}: n={rec['n']}, balanced accuracy {pct(rec['balanced_accuracy'])}, "
                          f"sensitivity {pct(rec['sensitivity'])}, specificity {pct(rec['specificity'])}")
     for a in results["attacks"]:
-        lines.append(f"{a['label']} ({a['target']}): robust accuracy {pct(a['robust_accuracy_undefended'])} "
-                     f"undefended -> {pct(a['robust_accuracy_defended'])} defended; detection AUROC "
-                     f"{num(a['detection_auroc'])}, TPR {pct(a['true_positive_rate'])}")
+        lines.append(f"{a['label']} ({a['target']}): robust accuracy {pct(a[ATTACK.robust_accuracy_undefended])} "
+                     f"undefended -> {pct(a[ATTACK.robust_accuracy_defended])} defended; detection AUROC "
+                     f"{num(a[ATTACK.detection_auroc])}, TPR {pct(a[ATTACK.true_positive_rate])}")
     return "\n".join(lines)

@@ -1,38 +1,73 @@
-"""Write a trained model in the Hub layout: `<dir>/model.safetensors` + `config.json` (+ diffusers files)."""
+"""Write a trained model in the Hub layout: `<dir>/model.safetensors` + `config.json` (+ diffusers files).
+
+What the files hold is `medfedpure/checkpoint_format.py`'s; this module maps a run's settings and the
+hospitals' release replies (gates, detector calibration) onto its sections.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from flwr.app import Message
 
+from medfedpure import checkpoint_format as fmt
 from medfedpure import config as defaults
-from medfedpure.hub import save_weights
+from medfedpure import detector
+from medfedpure.federated import settings as run_settings
 from medfedpure.models.classifier import GATE_PREFIX
 
-# Purification defaults, stored beside the purifier weights (see medfedpure/detector.py: adaptive_t_star).
-PURIFICATION = {"t_min": 40, "t_max": 160, "ddim_steps": 4}
+# Settings that say where and how a run ran on its machine (or are test hooks), not how the model was
+# trained: not part of its provenance. The model's own arguments are its model_args.
+_NOT_PROVENANCE = {"data-path", "out-dir", "device", "client-threads", "round-timeout", "model", "model-config",
+                   "fault-drop-hospital", "fault-nan-hospital", "fault-scale-hospital", *run_settings.ENGINE_KEYS}
+# Settings recorded as operating settings instead (the detector's score, the purification range).
+_OPERATING = {"mae": {"score", "score-mask-ratio", "score-norms", "score-repeats", "target-fpr", "calibration-scans"},
+              "purifier": {"t-min", "t-max", "ddim-steps"}}
 
 
 def _hospital_of(reply: Message) -> int:
     return int(reply.content.metric_records["metrics"]["hospital"])
 
 
-def _training_summary(settings: dict, summary: dict) -> dict:
-    keep = ("seed", "num-rounds", "local-epochs", "lr", "batch-size", "num-hospitals", "mode", "class-balance", "shift",
-            "augmentation", "type-weight", "init-from")
-    return {**{k: settings[k] for k in keep if k in settings}, "train_seconds": summary["train_seconds"],
-            "engine": settings.get("engine", "flower-deployment")}
+def training_provenance(settings: dict, train_seconds: float) -> dict:
+    """The run's settings that describe how the model was trained, its wall time and its engine."""
+    skip = _NOT_PROVENANCE | _OPERATING.get(settings["model"], set())
+    return {**{k: v for k, v in settings.items() if k not in skip}, "train_seconds": train_seconds,
+            "engine": settings["engine"]}
+
+
+def model_config(kind: str, model, settings: dict, training: dict, hospitals: list[int] | None = None,
+                 calibration: dict | None = None) -> fmt.ModelConfig:
+    """The config of a trained model: its own arguments, the operating settings of the run, the provenance."""
+    if kind == "classifier":
+        operating = {"mode": settings["mode"], "class_names": list(defaults.CLASS_NAMES),
+                     "image_size": defaults.IMAGE_SIZE, "hospitals": list(hospitals or []),
+                     **({"tumour_types": list(defaults.TUMOUR_TYPES)} if model.config["num_types"] else {})}
+        return fmt.ModelConfig("classifier", dict(model.config), operating, training)
+    if kind == "mae":
+        operating = {"score": str(settings["score"]),
+                     "score_mask_ratio": float(settings["score-mask-ratio"] or model.config["mask_ratio"]),
+                     "score_norms": detector.parse_norms(settings["score-norms"]),
+                     "score_repeats": int(settings["score-repeats"]), "score_seed": int(settings["seed"]),
+                     "target_fpr": float(settings["target-fpr"]), "calibration_scans": str(settings["calibration-scans"]),
+                     "calibration": dict(sorted((calibration or {}).items(), key=lambda kv: int(kv[0])))}
+        return fmt.ModelConfig("detector", dict(model.config), operating, training)
+    if kind == "purifier":
+        operating = {"t_min": int(settings["t-min"]), "t_max": int(settings["t-max"]),
+                     "ddim_steps": int(settings["ddim-steps"])}
+        return fmt.ModelConfig("purifier", {}, operating, training)
+    raise ValueError(kind)
 
 
 def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: list[Message], summary: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    training = _training_summary(settings, summary)
-    if int(settings.get("num-rounds", 1)) == 0 and settings.get("init-from"):
+    # A run started by older code lacks the settings added since: they take their defaults (their old behaviour).
+    settings = {**run_settings.resolve(kind), **settings}
+    training = training_provenance(settings, summary["train_seconds"])
+    if int(settings["num-rounds"]) == 0 and settings["init-from"]:
         # A calibration-only run: the weights (and how they were trained) are the init-from run's.
-        source = json.loads((Path(settings["init-from"]) / "config.json").read_text())
-        training = {**source.get("training", {}), "recalibrated_from": str(settings["init-from"])}
+        source = fmt.read_config(settings["init-from"], "detector" if kind == "mae" else kind)
+        training = {**source.training, "recalibrated_from": str(settings["init-from"])}
     if kind == "classifier":
         state = {k: v for k, v in model.state_dict().items()
                  if not k.startswith(GATE_PREFIX) and not k.endswith("num_batches_tracked")}
@@ -45,33 +80,20 @@ def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: l
             hospitals.append(h)
             for key, value in personal.to_torch_state_dict().items():
                 state[f"gates.{h}.{key[len(GATE_PREFIX):]}"] = value
-        config = {"model_type": "medfedpure-classifier", **settings["model-config"], "mode": settings["mode"],
-                  "class_names": list(defaults.CLASS_NAMES), "image_size": defaults.IMAGE_SIZE,
-                  **({"tumour_types": list(defaults.TUMOUR_TYPES)} if settings["model-config"].get("num_types") else {}),
-                  "hospitals": hospitals, "training": training}
-        save_weights(out_dir, state, config)
+        fmt.save_model(out_dir, state, model_config(kind, model, settings, training, hospitals=hospitals))
     elif kind == "mae":
         calibration = {}
         for reply in replies:
             record = reply.content.metric_records.get("calibration")
             if record is not None:
                 calibration[str(_hospital_of(reply))] = {k: record[k] for k in record.keys()}
-        ratio = settings.get("score-mask-ratio") or settings["model-config"].get("mask_ratio", 0.75)
-        config = {"model_type": "medfedpure-mae-detector", **settings["model-config"],
-                  "score": str(settings.get("score", "mean_abs_error")), "score_mask_ratio": float(ratio),
-                  "score_repeats": int(settings["score-repeats"]), "score_seed": int(settings["seed"]),
-                  "target_fpr": float(settings["target-fpr"]),
-                  "calibration_scans": str(settings.get("calibration-scans", "val")),
-                  "calibration": dict(sorted(calibration.items(), key=lambda kv: int(kv[0]))),
-                  "training": training}
-        save_weights(out_dir, {k: v for k, v in model.state_dict().items()}, config)
+        fmt.save_model(out_dir, dict(model.state_dict()),
+                       model_config(kind, model, settings, training, calibration=calibration))
     elif kind == "purifier":
         model.unet.save_pretrained(out_dir, safe_serialization=True)
         from medfedpure.models.purifier import build_scheduler
 
         build_scheduler().save_pretrained(out_dir)
-        (out_dir / "purification.json").write_text(json.dumps(
-            {**PURIFICATION, "train_max_timestep": int(settings["max-timestep"]), "crop": int(settings["crop"]),
-             "training": training}, indent=2, sort_keys=True) + "\n")
+        fmt.write_config(out_dir, model_config(kind, model, settings, training))
     else:
         raise ValueError(kind)

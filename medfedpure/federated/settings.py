@@ -42,6 +42,7 @@ PER_MODEL = {
         # convolutional MAE on 64-px crops (see models/conv_mae.py); the ViT: model-config {"arch": "vit", ...}
         "num-rounds": 16, "local-epochs": 2, "lr": 1e-3, "batch-size": 32, "crop": 64,
         "target-fpr": 0.05, "score-repeats": 1, "score": "background_highpass", "score-mask-ratio": 0.5,  # see reports/detector_statistics.md
+        "score-norms": "",    # a summed score "a+b": "a=0.01,b=0.002", each part's median on clean val scans
         "calibration-scans": "train+val",  # val | train+val (model-free statistics only; see task.calibration_scans)
         "model-config": {"arch": "conv", "image_size": 128, "patch_size": 8, "width": 16, "levels": 3,
                          "mask_ratio": 0.5, "train_mask_ratios": [0.25, 0.75]},
@@ -49,6 +50,9 @@ PER_MODEL = {
     "purifier": {
         "num-rounds": 8, "local-epochs": 3, "lr": 3e-4, "batch-size": 32, "crop": 64, "max-timestep": 300,
         "ema-decay": 0.0,     # > 0: each hospital sends the EMA of its local weights (e.g. 0.995 for a fine-tune)
+        # Purification, shipped beside the weights (see detector.adaptive_t_star): t* in [t-min, t-max], growing
+        # with the anomaly score, then ddim-steps deterministic DDIM steps back to t = 0.
+        "t-min": 40, "t-max": 160, "ddim-steps": 4,
         "model-config": {},
     },
 }
@@ -87,6 +91,31 @@ def resolve(kind: str, overrides: dict | None = None) -> dict:
     if kind == "classifier" and settings["mode"] in ("fedavg", "local"):
         settings["model-config"] = {**settings["model-config"], "num_experts": 1}
     return settings
+
+
+def parse_value(text: str):
+    """A setting's value as typed on a command line: JSON where it parses (numbers, booleans, objects), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_assignments(text: str) -> dict:
+    """The run config's `set` string: per-model settings as `key=value` pairs (shell-quoted where a value has
+    spaces), or one JSON object. `flwr run . --run-config 'model="mae" set="lr=0.002 num-rounds=3"'`."""
+    import shlex
+
+    text = str(text or "").strip()
+    if text.startswith("{"):
+        return dict(json.loads(text))
+    out = {}
+    for item in shlex.split(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"set: expected key=value, got {item!r}")
+        out[key.strip()] = parse_value(value)
+    return out
 
 
 # Keys that the engine sets itself (never from a user): accepted in overrides so saved settings round-trip.

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 
 from medfedpure import detector
-from medfedpure.models.classifier import MixtureOfExpertsClassifier
+from medfedpure.models.classifier import build_classifier
 from medfedpure.models.mae import MaskedAutoencoder, build_mae
 from medfedpure.models.purifier import DiffusionPurifier, build_unet
 
 
 def build_model(kind: str, config: dict):
     if kind == "classifier":
-        return MixtureOfExpertsClassifier(**config)
+        return build_classifier(config)
     if kind == "mae":
         return build_mae(config)
     if kind == "purifier":
@@ -55,11 +55,11 @@ def hospital_data(path: str, hospital: int, cfg: dict, with_test: bool = False) 
     cache = _cache(path)
     train_x, train_y = cache.select("train", hospital)
     val_x, val_y = cache.select("val", hospital)
-    if cfg.get("shift"):
+    if cfg["shift"]:
         from medfedpure.data import apply_acquisition_shift, hospital_shift
 
-        params = hospital_shift(hospital, int(cfg.get("seed", 0)))
-        gen = np.random.default_rng(int(cfg.get("seed", 0)) + hospital)
+        params = hospital_shift(hospital, int(cfg["seed"]))
+        gen = np.random.default_rng(int(cfg["seed"]) + hospital)
         train_x = torch.as_tensor(apply_acquisition_shift(train_x.numpy(), params, gen))
         val_x = torch.as_tensor(apply_acquisition_shift(val_x.numpy(), params, gen))
     data = HospitalData(train_x, train_y, val_x, val_y)
@@ -75,12 +75,13 @@ def hospital_data(path: str, hospital: int, cfg: dict, with_test: bool = False) 
 @torch.no_grad()
 def detector_scores(mae: MaskedAutoencoder, images: torch.Tensor, repeats: int, seed: int,
                     device: torch.device | str = "cpu", batch_size: int = 32, statistic: str = "mean_abs_error",
-                    mask_ratio: float | None = None) -> np.ndarray:
+                    mask_ratio: float | None = None, norms: dict | None = None) -> np.ndarray:
     mae.to(device).eval()
     keep = detector.keep_sets_for(mae, repeats, seed, device, mask_ratio=mask_ratio)
     out = []
     for i in range(0, len(images), batch_size):
-        out.append(detector.score_scans(mae, images[i:i + batch_size].to(device), keep, statistic)[2].cpu())
+        out.append(detector.score_scans(mae, images[i:i + batch_size].to(device), keep, statistic,
+                                        norms=norms)[2].cpu())
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -91,12 +92,12 @@ def calibration_scans(data: HospitalData, cfg: dict) -> torch.Tensor:
     does not read the trained MAE. Why it matters: a hospital's validation scans come from a few duplicate
     groups, so their 95th percentile misses much of the hospital's spread (see the README, "Detector score").
     """
-    which = str(cfg.get("calibration-scans", "val"))
+    which = str(cfg["calibration-scans"])
     if which == "val":
         return data.val_x
     if which == "train+val":
-        statistic = str(cfg.get("score", "mean_abs_error"))
-        if statistic not in detector.MODEL_FREE_STATISTICS:
+        statistic = str(cfg["score"])
+        if detector.reads_mae(statistic):
             raise ValueError(f"calibration-scans=train+val needs a statistic that does not read the trained MAE "
                              f"({', '.join(detector.MODEL_FREE_STATISTICS)}); {statistic!r} fits its training "
                              f"scans, so calibrate it on val")
@@ -105,10 +106,11 @@ def calibration_scans(data: HospitalData, cfg: dict) -> torch.Tensor:
 
 
 def calibrate_hospital(mae: MaskedAutoencoder, scans: torch.Tensor, cfg: dict, device) -> dict:
-    ratio = float(cfg["score-mask-ratio"]) if cfg.get("score-mask-ratio") else None
-    scores = detector_scores(mae, scans, int(cfg.get("score-repeats", 2)), int(cfg.get("seed", 0)), device,
-                             statistic=str(cfg.get("score", "mean_abs_error")), mask_ratio=ratio)
-    fpr = float(cfg.get("target-fpr", 0.05))
+    ratio = float(cfg["score-mask-ratio"]) if cfg["score-mask-ratio"] else None  # 0: the MAE's own
+    scores = detector_scores(mae, scans, int(cfg["score-repeats"]), int(cfg["seed"]), device,
+                             statistic=str(cfg["score"]), mask_ratio=ratio,
+                             norms=detector.parse_norms(cfg["score-norms"]))
+    fpr = float(cfg["target-fpr"])
     threshold = detector.calibrate_threshold(scores, fpr)
     median = float(np.median(scores))
     return {
