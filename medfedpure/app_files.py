@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Loaded", "Session", "Sessions", "consume_upload", "install_signal_handlers", "private_temp_dir",
+__all__ = ["Loaded", "Session", "Sessions", "consume_upload", "session_hash", "install_signal_handlers", "private_temp_dir",
            "setup_logging", "remove_tree"]
 
 log = logging.getLogger("medfedpure.app")
@@ -45,6 +45,11 @@ def setup_logging(level: int = logging.INFO) -> logging.Logger:
     log.setLevel(level)
     log.propagate = False
     return log
+
+
+def session_hash(request) -> str | None:
+    """The browser session of a Gradio request (None outside one)."""
+    return getattr(request, "session_hash", None) if request is not None else None
 
 
 def remove_tree(path: Path | str | None) -> None:
@@ -163,6 +168,19 @@ class Sessions:
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.closing = False
+
+    @classmethod
+    def started(cls, workdir: Path | str | None = None, keep_s: float = 1800.0, *,
+                root: Path | str | None = None) -> "Sessions":
+        """Sessions in `workdir` (default: a fresh folder inside `root`), removed at exit, swept in the background."""
+        if workdir is None:
+            root = Path(root or tempfile.gettempdir())
+            root.mkdir(parents=True, exist_ok=True)
+            workdir = tempfile.mkdtemp(prefix="medfedpure-app-", dir=root)
+        sessions = cls(workdir, keep_s)
+        sessions.register_atexit()
+        sessions.start_sweeper()
+        return sessions
 
     @staticmethod
     def key_for(session_hash: str | None) -> str:

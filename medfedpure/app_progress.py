@@ -13,15 +13,19 @@ own), so concurrent requests never see each other's counts; calls from a thread 
 tests, the CLI) cost one attribute lookup. Every hook call also checks the request's deadline and Stop flag and
 raises `Stopped` there: a long attack ends within one model call of the budget running out, and the worker
 is free again (cancelling the Gradio event alone would leave the thread computing).
+
+`Requests` runs each request of the app with its session, its cancel flag (set by the Stop button) and its
+tracker, and turns the expected failures (a user error, a stopped request) into one log line and one message.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from contextlib import contextmanager
 
-__all__ = ["Stopped", "Tracker", "install_hooks", "tracking"]
+__all__ = ["Requests", "Stopped", "Tracker", "install_hooks", "tracking"]
 
 _local = threading.local()
 
@@ -161,3 +165,49 @@ def install_hooks(pipe) -> int:
         module.register_forward_pre_hook(_hook(kind))
     pipe._app_progress_hooked = len(seen)
     return len(seen)
+
+
+class Requests:
+    """The app's requests: each runs with its session (`app_files.Sessions`), a cancel flag that `stop` sets and a
+    `Tracker` (time budget, progress) that is the thread's current one.
+
+    `run(where, session_hash, progress, work, on_error=None)` answers one request with work(session, tracker, t0),
+    after prepare(tracker) (waiting for the models). An error of `user_errors` or `Stopped` is logged as one line
+    (no traceback, no file name: the messages name none), then raised as api_error(message) for an API call, or
+    passed to on_error(stopped, message) for the page, whose return value is the answer.
+    """
+
+    def __init__(self, sessions, budget_s: float | None, *, prepare=None, user_errors: tuple = (),
+                 api_error=RuntimeError, log: logging.Logger | None = None):
+        self.sessions, self.budget_s = sessions, budget_s
+        self.prepare = prepare or (lambda tracker: None)
+        self.user_errors, self.api_error = tuple(user_errors), api_error
+        self.log = log or logging.getLogger("medfedpure.app")
+
+    def run(self, where: str, session_hash, progress, work, on_error=None):
+        session = self.sessions.get(session_hash)
+        cancel = threading.Event()
+        session.cancels.add(cancel)
+        try:
+            with tracking(Tracker(self.budget_s, cancel, progress)) as tracker:
+                self.prepare(tracker)
+                return work(session, tracker, time.perf_counter())
+        except (Stopped, *self.user_errors) as exc:
+            stopped = isinstance(exc, Stopped)
+            message = exc.message() if stopped else str(exc)
+            self.log.info("%s: %s%s", where, "" if stopped and on_error else "user error: ", message)
+            if on_error is None:
+                raise self.api_error(message) from None
+            return on_error(stopped, message)
+        finally:
+            session.cancels.discard(cancel)
+
+    def stop(self, session_hash) -> int:
+        """End every running request of a session at its next model call -> how many there were."""
+        session = self.sessions.peek(session_hash)
+        running = list(session.cancels) if session is not None else []
+        for event in running:
+            event.set()
+        if running:
+            self.log.info("stop: %d running request(s) of a session stopped", len(running))
+        return len(running)

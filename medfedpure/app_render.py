@@ -14,7 +14,12 @@ figures are built with numpy and Pillow only (no matplotlib), so a full set cost
 - `verdict`            the plain-language answer: decision, tumour type, out-of-distribution check, why flagged
 - `score_svg`, `bars_html`, `panels_html`       the page's figures
 - `report_image` / `write_report`               the downloadable PNG + PDF + JSON (no patient identifiers)
-- `batch_row` / `write_batch_csv`               the batch table (scans named by a pixel hash, never a file name)
+- `batch_row` / `write_batch_csv` / `batch_status`  the batch table (scans named by a pixel hash, never a file name)
+- `AnalysisView` -> `analysis_verdict`, `analysis_panels`, `analysis_html`, `analysis_record`, `report_info`:
+  one analysis (the scan, the attack workflow's results, the request, the model's facts) as the page shows it
+- `AnalyzeOutputs` / `BatchOutputs`             the "/analyze" and "/analyze_batch" outputs, named, in API order
+- `meta_markdown` / `preview_html` / `clean_meta` / `model_record`   the upload preview and the report's facts
+- `PAGE_CSS`, `PAGE_INTRO`, ...   the page's styles and fixed texts
 - `user_message`       a reader error in plain words, without the file's name or installation hints
 """
 
@@ -28,18 +33,91 @@ import html
 import io
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = [
-    "BATCH_COLUMNS", "DISCLAIMER", "Panel", "bars_html", "batch_row", "clean_percentile", "data_uri",
-    "error_overlay", "gray_rgb", "is_tumour", "jsonable", "panels_html", "percentile_phrase", "perturbation_image",
-    "perturbation_stats", "png_bytes", "pretty", "report_image", "scan_id", "score_svg", "statistic_phrase",
-    "timings_markdown", "user_message", "verdict", "warm_up", "write_batch_csv", "write_report",
+    "BANNER", "BATCH_COLUMNS", "BATCH_NOTE", "DISCLAIMER", "EXAMPLES_NOTE", "PAGE_CSS", "PAGE_INTRO", "AnalysisView", "AnalyzeOutputs", "BatchOutputs", "Panel",
+    "analysis_html", "analysis_panels", "analysis_record", "analysis_verdict", "bars_html", "batch_row",
+    "batch_loaded", "batch_status", "clean_meta", "clean_percentile", "data_uri", "error_overlay", "gray_rgb", "is_tumour",
+    "jsonable", "meta_markdown", "model_header", "model_record", "panels_html", "percentile_phrase", "perturbation_image",
+    "perturbation_stats", "png_bytes", "pretty", "preview_html", "privacy_note", "report_image", "report_info",
+    "scan_id", "scan_info",
+    "score_svg", "statistic_phrase", "timings_markdown", "user_message", "verdict", "warm_up", "write_batch_csv",
+    "write_report",
 ]
 
 DISCLAIMER = "Research demo, not a medical device; not for diagnosis."
+# The page's fixed texts.
+BANNER = (f"<div class='mfp-disclaimer'>&#9888; {DISCLAIMER} Outputs of an experimental model must not inform any "
+          "clinical decision. Do not upload scans that identify a patient.</div>")
+PAGE_INTRO = (
+    "A federated, per-hospital classifier (tumour / no tumour, and the tumour type when the model has one) is "
+    "protected by a masked-autoencoder **detector** (suspicious scans are flagged) and an adaptive "
+    "**diffusion purifier** (flagged scans are noised to a depth t* that grows with the score, then "
+    "denoised). An out-of-distribution check, when the model has one, refuses scans unlike any training "
+    "scan. Attack a scan and watch each stage. Reimplementation of Karami et al., *MedFedPure*, "
+    "arXiv 2511.11625.")
+EXAMPLES_NOTE = (
+    "<small>Examples: Br35H :: Brain Tumor Detection 2020 (Kaggle, Ahmed Hamada), via "
+    "github.com/07Harjot/Brain-tumor-detection-system; the Nickparvar Brain Tumor MRI "
+    "Dataset (Kaggle) and TCGA-LGG FLAIR slices (Buda et al. 2019, TCIA). Licences not "
+    "stated by the authors (research/educational use); see assets/examples/SOURCE.md. "
+    "The models may have seen some of them in training: they demonstrate, they do not "
+    "measure.</small>")
+BATCH_NOTE = (
+    "Several scans, or the files of a DICOM series (one row per file, numbered in upload order "
+    "and named by a pixel hash; a multi-frame file is read at its middle frame). A file that "
+    "cannot be read gets an error row; the rest are still analyzed.")
+
+
+def model_header(description: str, device, hospitals, loading: bool = False) -> str:
+    """The page's line under the title: the model, the device (or that the models are still loading), hospitals."""
+    state = f"device **{device}**" + (" (loading the models...)" if loading else "")
+    return (f"**Model:** {description or 'unknown source'} &middot; {state} "
+            f"&middot; hospitals {', '.join(map(str, hospitals))}")
+
+
+def privacy_note(keep_minutes: float) -> str:
+    return (f"<small>{DISCLAIMER} Uploaded files are read into memory and deleted at once; reports "
+            "and the scans held in memory are deleted when you close this page, after "
+            f"{keep_minutes:.0f} minutes at the latest, and when the server stops. Pages, tables, "
+            "CSV files and reports name a scan by a hash of its pixels, never by its file name or DICOM "
+            "tags.</small>")
+
+
+# The styles of the HTML built here (panels, plot, bars, preview); the app passes them to the page.
+PAGE_CSS = """
+.mfp-disclaimer {background:#fff4e5; border:1px solid #f0a000; border-radius:8px; padding:8px 14px;
+                 color:#5a3b00; font-weight:600;}
+.mfp-verdict {min-height:64px;}
+.mfp-verdict h3 {margin:0 0 4px 0;}
+.mfp-grid {display:grid; grid-template-columns:repeat(3, minmax(0, 1fr)); gap:10px;}
+.mfp-panel {margin:0; display:flex; flex-direction:column; gap:3px;}
+.mfp-title {font-weight:600; font-size:0.9em; line-height:1.25; overflow-wrap:anywhere;}
+.mfp-panel img {width:100%; aspect-ratio:1/1; object-fit:contain; image-rendering:pixelated; background:#000;
+                border-radius:4px;}
+.mfp-blank {width:100%; aspect-ratio:1/1; display:flex; align-items:center; justify-content:center;
+            text-align:center; padding:10px; box-sizing:border-box; background:#f2f2f2; color:#555;
+            border:1px dashed #bbb; border-radius:4px; font-size:0.85em;}
+.mfp-note {font-size:0.8em; color:#555; line-height:1.3;}
+.mfp-row {display:grid; grid-template-columns:minmax(0, 3fr) minmax(0, 2fr); gap:14px; margin-top:12px;}
+.mfp-plot {min-width:0;} .mfp-svg {display:block; max-width:520px;}
+.mfp-legend {display:flex; flex-wrap:wrap; gap:4px 12px; font-size:0.8em; color:#333;}
+.mfp-legend i {display:inline-block; width:14px; height:3px; margin:0 5px 3px 0; vertical-align:middle;}
+.mfp-bars {margin-bottom:10px;}
+.mfp-bar {display:grid; grid-template-columns:92px minmax(0, 1fr) 52px; gap:6px; align-items:center;
+          font-size:0.85em;}
+.mfp-bar-track {height:12px; background:#eee; border-radius:3px; overflow:hidden;}
+.mfp-bar-fill {display:block; height:100%; background:#2d6ebe;}
+.mfp-muted .mfp-bar-fill {background:#aaa;} .mfp-muted {color:#777;}
+.mfp-preview img {width:180px; height:180px; image-rendering:pixelated; background:#000; border-radius:4px;}
+@media (max-width: 700px) {.mfp-grid {grid-template-columns:repeat(2, minmax(0, 1fr));}
+                           .mfp-row {grid-template-columns:1fr;}}
+"""
 # The batch table: a row number and the pixel hash name each scan (never the uploaded file's name); the status
 # column sits early so that an error is readable without scrolling.
 BATCH_COLUMNS = ["row", "scan_id", "status", "answer", "p_answer", "tumour_type", "in_distribution", "flagged",
@@ -282,7 +360,7 @@ def verdict(result, *, defence: bool = True, attack: str = "none", eps: float = 
     lines = []
     if blank:
         lines.append("### No diagnosis: the image is blank\nEvery pixel has the same value, so there is nothing "
-                     "to analyse. The model's numbers below are not meaningful.")
+                     "to analyze. The model's numbers below are not meaningful.")
     elif unknown:
         lines.append("### No diagnosis: this does not look like a brain MRI slice the model knows\n"
                      "It is unlike every scan the model was trained on (for example a blank or noisy image, a "
@@ -705,3 +783,235 @@ def user_message(exc: Exception, name: str = "scan") -> str:
                                                       "uncompressed (or as PNG) and upload it again.")
     text = text.strip()
     return (text[:1].upper() + text[1:]) if text else "The file could not be read as a scan."
+
+
+# ------------------------------------------------------------------------------------------------ one analysis
+class AnalyzeOutputs(NamedTuple):
+    """The outputs of the app's "/analyze" endpoint (and of the page's Analyze button), in their public order.
+
+    A `gradio_client` caller gets them as a plain tuple: ``AnalyzeOutputs(*client.predict(..., api_name="/analyze"))``
+    names them. On the page `compare` is the slider's update instead of the pair itself."""
+
+    verdict: str = ""          # the answer and why (markdown)
+    panels: str = ""           # one HTML block: six pictures, the detector-score plot, the probability bars
+    compare: object = None     # (analyzed PNG, purified PNG) file paths, or None when nothing was purified
+    timings: str = ""          # one line: the device and each stage's milliseconds
+    details: dict | None = None  # every number (`analysis_record`): scan metadata, model, attack, results
+    report: list | None = None   # [PNG, PDF, JSON] report files, or None when no report was asked for
+
+
+class BatchOutputs(NamedTuple):
+    """The outputs of "/analyze_batch" (and of the Batch tab's Analyze all button), in their public order."""
+
+    table: object = None       # a table of BATCH_COLUMNS, one row per file in upload order
+    csv: str | None = None     # the same table as a CSV file
+    status: str = ""           # one line: counts, settings, device, seconds
+
+
+@dataclass(frozen=True)
+class AnalysisView:
+    """Everything one analysis shows, gathered once: the scan as read, the pipeline's results, what was asked
+    and the model's facts. Built by the app, read by the pure functions below."""
+
+    image: np.ndarray          # the original scan (H, W) in [0, 1]
+    meta: dict                 # the reader's metadata (only the non-identifying keys are ever shown)
+    result: object             # ScanResult of the whole pipeline on the analyzed scan
+    clean: object | None       # ScanResult of the clean pass (None without an attack)
+    attack: object             # medfedpure.attack_workflow.AttackSpec
+    hospital: int
+    defence: bool
+    purify: str
+    class_names: tuple
+    quantiles: tuple
+    statistic: str | None = None
+    target_fpr: float | None = None
+    background_fraction: float | None = None
+    model: dict = field(default_factory=dict)
+    device: str = ""
+    limits: dict = field(default_factory=dict)
+
+    @property
+    def scan_id(self) -> str:
+        return scan_id(self.image)
+
+    @property
+    def blank(self) -> bool:
+        return bool(np.ptp(self.image) == 0)
+
+    @property
+    def unknown(self) -> bool:
+        """No diagnosis is shown: the image is blank or unlike every training scan."""
+        return self.blank or getattr(self.result, "in_distribution", None) is False
+
+    @property
+    def type_probabilities(self) -> dict | None:
+        """The tumour-type probabilities when they mean something (a tumour answer on a known kind of scan)."""
+        probs = getattr(self.result, "tumour_type_probabilities", None)
+        return probs if probs and not self.unknown and is_tumour(self.result.final_prediction) else None
+
+    def probabilities(self, final: bool) -> dict:
+        values = self.result.final_probabilities if final else self.result.probabilities
+        return dict(zip(self.class_names, map(float, values)))
+
+
+META_SHOWN = ("format", "mode", "width", "height", "frames", "frame", "modality", "pixel_spacing", "slice_thickness",
+              "bits_stored", "window", "size")
+
+
+def clean_meta(meta: dict) -> dict:
+    """The non-identifying technical metadata (the reader's META_KEYS we show) as JSON-safe values."""
+    return jsonable({k: meta.get(k) for k in META_SHOWN})
+
+
+def meta_markdown(meta: dict, sid: str) -> str:
+    """What the upload preview says about a scan: format, size, frame, modality, window; never a name or tag."""
+    bits = [f"{meta.get('format') or '?'}", f"{meta.get('width')} x {meta.get('height')} px"]
+    if meta.get("frames") and meta["frames"] > 1:
+        bits.append(f"frame {meta.get('frame', 0) + 1} of {meta['frames']}")
+    if meta.get("modality"):
+        bits.append(f"modality {meta['modality']}")
+    if meta.get("bits_stored"):
+        bits.append(f"{meta['bits_stored']}-bit")
+    if meta.get("pixel_spacing"):
+        bits.append(f"pixel spacing {meta['pixel_spacing']} mm")
+    window = meta.get("window")
+    if isinstance(window, dict) and window.get("center") is not None:
+        bits.append(f"window C {window['center']:.4g} / W {window['width']:.4g} ({window.get('source', '?')})")
+    elif isinstance(window, dict):
+        bits.append(f"window: {window.get('source', 'auto')}")
+    bits.append(f"analyzed at {meta.get('size')} x {meta.get('size')} (aspect kept)")
+    return (f"**Loaded {sid}** (named by a hash of its pixels; the file itself was deleted once read): "
+            + ", ".join(bits))
+
+
+def scan_info(scan) -> str:
+    """The upload preview's line about an `io.Scan`."""
+    return meta_markdown(scan.meta, scan_id(scan.image))
+
+
+def batch_loaded(items) -> str:
+    """What the Batch tab says after an upload: items are (row, Loaded or None, error or None)."""
+    good = [(i, scan_id(ld.image)) for i, ld, _ in items if ld is not None]
+    lines = [f"**{len(items)} file(s) loaded** (read into memory; the files themselves were deleted): "
+             + (", ".join(f"#{i} {sid}" for i, sid in good) or "none readable")]
+    lines += [f"#{i}: cannot be read: {err}" for i, ld, err in items if ld is None]
+    return "  \n".join(lines)
+
+
+def preview_html(image: np.ndarray) -> str:
+    return f"<div class='mfp-preview'><img alt='preview' src='{data_uri(gray_rgb(image))}'></div>"
+
+
+def model_record(pipe) -> dict:
+    """Where the weights came from, for reports: Hub repo and commit, or the bundled/local folder's name only
+    (a report never carries a path of the machine that served it)."""
+    src = getattr(pipe, "source", None)
+    origin = getattr(src, "origin", None)
+    record = {"origin": origin, "repo_id": getattr(src, "repo_id", None), "revision": getattr(src, "revision", None)}
+    if origin in ("hub", "hub-cache", "bundled"):
+        record["description"] = pipe.source_description
+    else:
+        record["description"] = f"{origin or 'local'} checkpoint folder {Path(str(getattr(src, 'path', ''))).name}"
+    return record
+
+
+def analysis_verdict(v: AnalysisView) -> str:
+    return verdict(v.result, defence=v.defence, attack=v.attack.name, eps=v.attack.eps, quantiles=list(v.quantiles),
+                   clean_prediction=v.clean.prediction if v.clean is not None else None, statistic=v.statistic,
+                   target_fpr=v.target_fpr, background_fraction=v.background_fraction, blank=v.blank)
+
+
+def _purified_panel(v: AnalysisView) -> Panel:
+    res = v.result
+    if res.purified is not None:
+        return Panel(f"Purified (t* = {res.t_star})", res.purified,
+                     "flagged, so noised and denoised" if res.flagged else "purified because 'purify always' is on")
+    if not v.defence:
+        return Panel("Purified", None, "Defence off: nothing is purified.")
+    return Panel("Purified", None, "Not purified: the score is under the threshold. Tick 'Purify always' to purify "
+                                   "anyway.")
+
+
+def analysis_panels(v: AnalysisView) -> list[Panel]:
+    """The six pictures: original, analyzed scan, perturbation, MAE reconstruction, detector map, purified."""
+    res, attacked = v.result, v.attack.active
+    stats = perturbation_stats(v.image, res.input)
+    pert_img, factor = perturbation_image(v.image, res.input, scale=v.attack.eps if attacked else None)
+    psnr = "inf" if not np.isfinite(stats["psnr_db"]) else f"{stats['psnr_db']:.1f} dB"
+    norms = f"L-inf {stats['linf']:.4f} ({stats['linf'] * 255:.1f}/255), L2 {stats['l2']:.3f}, PSNR {psnr}"
+    stat_short = (v.statistic or "error").replace("_", " ")
+    return [
+        Panel("Original", v.image),
+        Panel(f"Analyzed scan ({v.attack.name} attack)", res.input, norms) if attacked else
+        Panel("Analyzed scan", None, "No attack: the original itself is analyzed."),
+        Panel(f"Perturbation, amplified x{factor:.0f}", pert_img,
+              "red: brighter, blue: darker, white: unchanged (colour scale +-eps)") if attacked else
+        Panel("Perturbation", None, "No attack: nothing changed."),
+        Panel("MAE reconstruction", res.reconstruction),
+        Panel(f"Detector map ({stat_short})", error_overlay(res.input, res.error_map),
+              "bright: what raises the detector score"),
+        _purified_panel(v),
+    ]
+
+
+def analysis_html(v: AnalysisView, panels: list[Panel]) -> str:
+    """The page's result block: the panels, the detector-score plot and the probability bars."""
+    res = v.result
+    muted_note = ("Not meaningful: the image is blank." if v.blank else
+                  "Not meaningful: the scan is unlike every training scan." if v.unknown else "")
+    final_label = "Final answer (after the defence)" if v.defence else "Answer (defence off: the classifier's own)"
+    same = "Nothing was purified, so it equals the answer before the defence." \
+        if v.defence and res.purified is None else ""
+    bars = bars_html("Classifier on the analyzed scan (before the defence)", v.probabilities(False), muted_note,
+                     muted=v.unknown)
+    bars += bars_html(final_label, v.probabilities(True), muted_note or same, muted=v.unknown)
+    if v.type_probabilities:
+        bars += bars_html("Tumour type (the answer is tumour)", v.type_probabilities)
+    quantiles = list(v.quantiles)
+    svg = score_svg(quantiles, res.threshold, res.score, v.clean.score if v.clean is not None else None)
+    return (panels_html(panels) + "<div class='mfp-row'><div><div class='mfp-title'>Detector score vs this "
+            f"hospital's clean scans ({percentile_phrase(res.score, quantiles)})</div>{svg}</div>"
+            f"<div>{bars}</div></div>")
+
+
+def analysis_record(v: AnalysisView, verdict_text: str) -> dict:
+    """Every number of one analysis (the details JSON and the report's JSON); names the scan by its hash only."""
+    sid = v.scan_id
+    return {
+        "disclaimer": DISCLAIMER, "scan": {"id": sid, **clean_meta(v.meta)}, "model": v.model,
+        "hospital": v.hospital, "class_names": list(v.class_names), "device": v.device,
+        "attack": v.attack.record(), "defence": {"on": v.defence, "purify": v.purify},
+        "perturbation": perturbation_stats(v.image, v.result.input),
+        "clean": None if v.clean is None else {**v.clean.summary(), "name": sid},
+        "result": {**v.result.summary(), "name": sid},
+        "clean_percentile": clean_percentile(v.result.score, list(v.quantiles)),
+        "detector": {"statistic": v.statistic, "target_fpr": v.target_fpr},
+        "diagnosis_shown": not v.unknown, "blank": v.blank,
+        "verdict": verdict_text.replace("**", "").replace("### ", ""), "limits": v.limits,
+    }
+
+
+def report_info(v: AnalysisView, record: dict) -> dict:
+    """What `report_image` draws besides the panels (see there), from the view and its record."""
+    attack = v.attack
+    header = (f"hospital {v.hospital} | attack: {attack.name}" + (f" eps {attack.eps:.4g}" if attack.active else "")
+              + f" | defence {'on' if v.defence else 'off'} ({v.purify}) | model: {v.model.get('description')}")
+    return {"name": v.scan_id, "verdict": record["verdict"], "probabilities": v.probabilities(False),
+            "final_probabilities": v.probabilities(True),
+            "final_label": "final answer" if v.defence else "answer (defence off)",
+            "type_probabilities": v.type_probabilities, "score": v.result.score, "threshold": v.result.threshold,
+            "quantiles": list(v.quantiles), "clean_score": v.clean.score if v.clean is not None else None,
+            "header": header, "timings_ms": record.get("timings_ms"), "device": v.device}
+
+
+def batch_status(rows: list[dict], *, hospital: int, attack: str, defence: bool, purify: str, device: str,
+                 seconds: float) -> str:
+    """The Batch tab's one-line summary of its table."""
+    n_err = sum(1 for r in rows if str(r["status"]).startswith("error"))
+    n_flag = sum(1 for r in rows if r["flagged"] is True)
+    n_unknown = sum(1 for r in rows if "no diagnosis" in str(r["status"]))
+    return (f"{len(rows)} file(s): {len(rows) - n_err} analyzed, {n_err} error(s); {n_flag} flagged as suspicious"
+            + (f"; {n_unknown} without a diagnosis (not a brain MRI slice the model knows, or blank)"
+               if n_unknown else "")
+            + f". Hospital {hospital}, attack {attack}, defence {'on' if defence else 'off'} ({purify}); "
+            f"device {device}; {seconds:.1f} s.")

@@ -187,9 +187,7 @@ def _generalisation_section(results_dir: Path | None) -> str:
 
 def write_model_card(folder: Path, results_dir: Path | None = None) -> Path:
     folder = Path(folder)
-    clf = json.loads((folder / "classifier" / "config.json").read_text())
-    det = json.loads((folder / "detector" / "config.json").read_text())
-    pur = json.loads((folder / "purifier" / "purification.json").read_text())
+    clf, det, pur = (_flat_config(folder / kind, kind) for kind in ("classifier", "detector", "purifier"))
     split = json.loads((folder / "split.json").read_text()) if (folder / "split.json").exists() else {}
     from medfedpure.data import split_sha256
 
@@ -250,7 +248,7 @@ hospitals during training; each hospital published its gate once, at release, so
   (see medfedpure/detector.py) over {4 * det['score_repeats']} complementary masks (every patch hidden equally often);
   per-hospital thresholds at {100 * det['target_fpr']:.0f}% false positives on {_calibration_scans_phrase(det)}
   ({thresholds}).
-- Purifier: DDPM, linear betas 1e-4 to 2e-2, T = 1000, trained on 64-px crops at t < {pur.get('train_max_timestep')};
+- Purifier: DDPM, linear betas 1e-4 to 2e-2, T = 1000, trained on 64-px crops at t < {t_pur.get('max-timestep')};
   purification diffuses to t* in [{pur['t_min']}, {pur['t_max']}] (monotone in the anomaly score) and runs
   {pur['ddim_steps']} DDIM steps.
 - Weights are float16 safetensors (loaded as float32); every figure below was measured on them.{br35h_note}
@@ -279,3 +277,16 @@ Nickparvar set combines figshare, SARTAJ and Br35H images); TCGA-LGG under The C
     path = folder / "README.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _flat_config(folder: Path, kind: str, tolerant: bool = False) -> dict:
+    """A model's config (sectioned or flat, see checkpoint_format) as one dict of the keys the card names;
+    `tolerant`: a missing or broken file reads as empty."""
+    from medfedpure.checkpoint_format import read_config
+
+    try:
+        return read_config(folder, kind).flat()
+    except Exception:  # noqa: BLE001
+        if tolerant:
+            return {}
+        raise

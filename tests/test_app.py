@@ -194,7 +194,7 @@ def test_analyze_example_jpeg_with_pgd(served, tmp_path):
     assert stats["l2"] > 0 and 20 < stats["psnr_db"] < 80
     assert details["attack"]["name"] == "pgd" and details["clean"] is not None
     assert details["scan"]["id"].startswith("scan-") and details["scan"]["width"] == 319
-    assert "Analysed scan (pgd attack)" in out[1] and "amplified" in out[1]
+    assert "Analyzed scan (pgd attack)" in out[1] and "amplified" in out[1]
     # the report names the scan by its hash, never by the uploaded file's name
     report = {Path(p).suffix: Path(p) for p in out[-1]}
     assert report[".png"].name == f"medfedpure-{details['scan']['id']}.png"
@@ -221,7 +221,7 @@ def test_analyze_dicom_frame_and_purify_always(served, tmp_path):
     assert details["perturbation"]["linf"] == 0 and details["perturbation"]["psnr_db"] == "inf"
     assert details["defence"] == {"on": True, "purify": "always"}
     assert details["result"]["t_star"] > 0 and out[2] is not None  # purified even if not flagged
-    assert "No attack" in out[1]  # the analysed-scan panel says why it is empty
+    assert "No attack" in out[1]  # the analyzed-scan panel says why it is empty
     assert_no_secret(json.dumps(details) + out[0] + out[1])
     for p in out[-1]:
         assert_no_secret(Path(p).read_bytes().decode("latin-1"), Path(p).name)
@@ -309,7 +309,7 @@ def test_batch_with_a_bad_file(served, tmp_path):
         assert row["answer"] in {c.replace("_", " ") for c in pipe.class_names}
         assert row["flagged"] == (row["score"] > row["threshold"])
         assert 0.5 <= row["p_answer"] <= 1.0
-    assert "2 analysed, 1 error" in status
+    assert "2 analyzed, 1 error" in status
     text = Path(csv_path).read_text()
     assert_no_secret(json.dumps(table) + status + text, "the batch table or CSV")
     with open(csv_path, newline="") as handle:
@@ -326,7 +326,7 @@ def test_batch_with_attack_and_no_files(served):
     client, app, pipe, demo = served
     files = [handle_file(EXAMPLES / "no427.jpg"), handle_file(EXAMPLES / "y1493.jpg")]
     table, _, status = client.predict(files, 0, "fgsm", 0.03, api_name="/analyze_batch")
-    assert len(table["data"]) == 2 and "2 analysed, 0 error" in status and "attack fgsm" in status
+    assert len(table["data"]) == 2 and "2 analyzed, 0 error" in status and "attack fgsm" in status
     with pytest.raises(AppError, match="Upload one or more scans"):
         client.predict([], 0, api_name="/analyze_batch")
 
@@ -393,9 +393,9 @@ def test_upload_preview_frame_picker_and_deletion(served, tmp_path):
     assert none is None and "Cannot read" in message and hidden["visible"] is False
     assert_no_secret(message)
     assert not Path(bad).exists()
-    # the failed upload replaced the last scan: Analyse says so instead of showing the old scan's answer
+    # the failed upload replaced the last scan: Analyze says so instead of showing the old scan's answer
     out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, req)
-    assert out[0].startswith("### Cannot analyse") and "No scan is loaded" in out[0]
+    assert out[0].startswith("### Cannot analyze") and "No scan is loaded" in out[0]
     assert out[1:] == ("", out[2], "", None, None) and out[2]["visible"] is False
 
 
@@ -516,17 +516,11 @@ def test_out_of_distribution_scan_gets_no_diagnosis(served):
     assert "score 2.5 > threshold 1" in verdict and "Answer:" not in verdict and "Tumour type" not in verdict
     assert "Not meaningful" in panels and "mfp-muted" in panels and "Tumour type" not in panels
     assert details["diagnosis_shown"] is False and details["result"]["in_distribution"] is False
-    rows = ui._batch([(1, ui.sessions.get("ood").scan, None)], 0, "none", 0.0, 1, True, False, 0, req,
-                     app_progress_tracker(), time.perf_counter())[0]
+    ui.sessions.get("ood").batch = [(1, ui.sessions.get("ood").scan, None)]
+    rows = ui.analyze_batch_ui(0, "none", 0.0, 1, True, False, 0, req).table
     row = rows.iloc[0].to_dict()
     assert "no diagnosis" in row["status"] and row["answer"] == "" and row["in_distribution"] is False
     ui.sessions.close()
-
-
-def app_progress_tracker():
-    from medfedpure.app_progress import Tracker
-
-    return Tracker(None)
 
 
 def test_tumour_type_is_shown_beside_a_tumour_decision(served):
@@ -627,7 +621,7 @@ def test_report_picture_is_fast_and_complete():
     from medfedpure import app_render as r
 
     img = np.random.default_rng(0).random((128, 128)).astype(np.float32)
-    panels = [r.Panel("Original", img), r.Panel("Analysed scan", None, "No attack: the original itself is analysed."),
+    panels = [r.Panel("Original", img), r.Panel("Analyzed scan", None, "No attack: the original itself is analyzed."),
               r.Panel("Perturbation", None, "No attack"), r.Panel("MAE reconstruction", img),
               r.Panel("Detector map", r.error_overlay(img, img)), r.Panel("Purified", None, "Not purified")]
     info = {"name": "scan-abc", "verdict": "Answer: tumour\n\n" + "words " * 120, "header": "hospital 0",

@@ -123,8 +123,8 @@ def upload(page, path: Path, selector: str = "#mfp-scan input[type=file]") -> No
     page.locator(selector).set_input_files(str(path))
 
 
-def analyse(page) -> str:
-    """Press Analyse; wait for the new verdict (the page clears the old one first) -> its text."""
+def analyze(page) -> str:
+    """Press Analyze; wait for the new verdict (the page clears the old one first) -> its text."""
     page.click("#mfp-run")
     page.wait_for_function("() => { const v = document.querySelector('#mfp-verdict h3');"
                            " return v && !document.querySelector('#mfp-verdict .progress-text'); }")
@@ -151,14 +151,14 @@ def assert_no_secret(page_text: str) -> None:
 def test_example_analysis_shows_every_stage_and_a_drawn_page(page, tmp_path):
     load_example(page, "tumour (y1431)")
     assert "data:image/png" in page.inner_html("#mfp-preview")
-    verdict = analyse(page)
+    verdict = analyze(page)
     assert verdict.startswith("Answer:") and "Out-of-distribution check" in verdict
     assert ("Flagged as suspicious" in verdict) != ("Not flagged" in verdict)
     panels = text(page, "#mfp-panels")
-    assert "No attack: the original itself is analysed." in panels and "No attack: nothing changed." in panels
+    assert "No attack: the original itself is analyzed." in panels and "No attack: nothing changed." in panels
     assert page.locator("#mfp-panels figure").count() == 6 and page.locator("#mfp-panels img").count() >= 3
     assert "Detector score vs this hospital's clean scans" in panels and "% of clean scans below" in panels
-    assert "Classifier on the analysed scan (before the defence)" in panels
+    assert "Classifier on the analyzed scan (before the defence)" in panels
     if "Not purified" in panels:  # the empty Purified panel says why, and no before/after slider is offered
         assert not page.locator("#mfp-compare").is_visible()
     assert "Device" in text(page, "#mfp-timings")
@@ -179,22 +179,22 @@ def test_example_analysis_shows_every_stage_and_a_drawn_page(page, tmp_path):
 
 def test_bad_file_after_a_good_one_leaves_no_stale_result(page, tmp_path):
     load_example(page, "tumour (y1349)")
-    assert analyse(page).startswith("Answer:")
+    assert analyze(page).startswith("Answer:")
     bad = tmp_path / f"{SECRET_NAME}.png"
     bad.write_text("a text file, not a scan\n")
     upload(page, bad)
     page.wait_for_selector("#mfp-scan-info >> text=Cannot read this file")
     assert text(page, "#mfp-verdict") == "" and text(page, "#mfp-panels") == ""  # the old answer is gone
     assert text(page, "#mfp-timings") == ""
-    verdict = analyse(page)
-    assert verdict.startswith("Cannot analyse") and "No scan is loaded" in verdict
+    verdict = analyze(page)
+    assert verdict.startswith("Cannot analyze") and "No scan is loaded" in verdict
     assert "Answer" not in verdict and "Flagged" not in verdict and "Not flagged" not in verdict
     assert text(page, "#mfp-panels") == "" and page.locator("#mfp-panels img").count() == 0
     assert_no_secret(page.inner_text("body"))
     assert SECRET_NAME not in page.content()
     shot(page, tmp_path, "bad-after-good")
     load_example(page, "tumour (y1349)")  # the same example again: its earlier copy was deleted once read
-    assert analyse(page).startswith("Answer:")
+    assert analyze(page).startswith("Answer:")
 
 
 def test_each_attack(page, tmp_path):
@@ -204,13 +204,13 @@ def test_each_attack(page, tmp_path):
         choose_attack(page, label)
         if steps is not None:
             set_number(page, "mfp-steps", steps)
-        verdict = analyse(page)
+        verdict = analyze(page)
         assert verdict.startswith("Answer:") and f"{name} attack (eps" in verdict, verdict
         panels = text(page, "#mfp-panels")
         assert re.search(r"Perturbation, amplified x\d+", panels) and "L-inf" in panels
         assert "the scan before the attack" in panels  # the clean scan's score on the plot
     page.locator("#mfp-purify-always input").check()
-    analyse(page)
+    analyze(page)
     page.locator("#mfp-compare").wait_for(state="visible", timeout=20_000)  # the before/after slider
     assert "Purified (t* =" in text(page, "#mfp-panels")
     shot(page, tmp_path, "adaptive-purified")
@@ -223,7 +223,7 @@ def test_defence_off(page, tmp_path):
     always = page.locator("#mfp-purify-always input")
     page.wait_for_function("() => document.querySelector('#mfp-purify-always input').disabled")
     assert not always.is_checked()
-    verdict = analyse(page)
+    verdict = analyze(page)
     assert "defence off" in verdict and "Defence is off" in verdict
     panels = text(page, "#mfp-panels")
     assert "Answer (defence off: the classifier's own)" in panels and "after the defence" not in panels
@@ -237,7 +237,7 @@ def test_blank_scan_gets_no_diagnosis(page, tmp_path):
     Image.fromarray(np.zeros((96, 96), np.uint8)).save(black)
     upload(page, black)
     page.wait_for_selector("#mfp-scan-info >> text=Loaded scan-")
-    verdict = analyse(page)
+    verdict = analyze(page)
     assert verdict.startswith("No diagnosis: the image is blank") and "Answer:" not in verdict
     assert "Not meaningful" in text(page, "#mfp-panels")
 
@@ -263,7 +263,7 @@ def test_dicom_named_after_a_patient_leaves_no_trace_on_the_page(page, tmp_path)
     assert "frame 2 of 3" in text(page, "#mfp-scan-info")
     frame = page.locator("#mfp-frame")
     assert frame.is_visible() and "1 to 3" in frame.inner_text()  # the picker counts from 1, as the page does
-    assert analyse(page).startswith(("Answer:", "No diagnosis"))
+    assert analyze(page).startswith(("Answer:", "No diagnosis"))
     html = page.content()
     assert_no_secret(page.inner_text("body"))
     assert SECRET_NAME not in html and "Doe^Jane" not in html
@@ -279,7 +279,7 @@ def test_batch_tab_names_rows_by_hash_and_shows_the_error_column(page, tmp_path)
     page.wait_for_selector("#mfp-batch-status >> text=3 file(s) loaded")
     assert "#2: cannot be read" in text(page, "#mfp-batch-status")
     page.click("#mfp-batch-run")
-    page.wait_for_selector("#mfp-batch-status >> text=2 analysed, 1 error")
+    page.wait_for_selector("#mfp-batch-status >> text=2 analyzed, 1 error")
     table = page.locator("#mfp-batch-table")
     cell = table.get_by_text(re.compile(r"^error: ")).first
     box = cell.bounding_box()
@@ -297,7 +297,7 @@ def test_closing_the_page_deletes_its_reports(browser, server):
     pg.goto(url)
     pg.wait_for_selector("text=Example scans")
     load_example(pg, "no tumour (no35)")
-    analyse(pg)
+    analyze(pg)
     before = {p for p in temp.rglob("medfedpure-scan-*.pdf")}
     assert before, "no report was written"
     pg.close()  # Gradio's unload event: the session's folder goes

@@ -15,7 +15,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--attack", choices=["none", "fgsm", "pgd"], default="none",
                    help="perturb each scan first (attacker sees the classifier), to see the defence respond")
     p.add_argument("--eps", type=float, default=8 / 255, help="attack budget, L-inf in [0,1] pixel units")
-    p.add_argument("--steps", type=int, default=10, help="PGD steps (step size eps/4)")
+    p.add_argument("--steps", type=int, default=10, help="PGD steps (step size eps/4; FGSM takes one)")
     p.add_argument("--purify", choices=["flagged", "always", "never"], default="flagged")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
@@ -24,24 +24,18 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.set_defaults(run=run)
 
 
-def _perturb(pipe, x, hospital: int, attack: str, eps: float, steps: int, seed: int):
-    import torch
-
-    from medfedpure.attacks import make_attack
-
-    model = pipe.classifier_for(hospital)
-    with torch.no_grad():
-        y = model(x).argmax(1)  # no true label at inference: push away from the current prediction
-    attack_fn = make_attack(attack, model, eps=eps, step=eps / 4, steps=steps, seed=seed)
-    return attack_fn(x, y)
-
-
 def run(args) -> int:
     import torch
 
+    from medfedpure.attack_workflow import AttackSpec, analyze_attacked
     from medfedpure.io import ScanReadError, read_scan
     from medfedpure.pipeline import MedFedPure
 
+    try:
+        spec = AttackSpec(args.attack, eps=args.eps, steps=args.steps, seed=args.seed)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         pipe = MedFedPure.from_pretrained(args.model, revision=args.revision, device=args.device)
         pipe._check_hospital(args.hospital)
@@ -53,10 +47,9 @@ def run(args) -> int:
         row = {"file": path, "ok": False, "error": None}
         try:
             scan = read_scan(path, frame=args.frame)
-            x = torch.from_numpy(scan.image)[None, None].to(pipe.device)
-            if args.attack != "none":
-                x = _perturb(pipe, x, args.hospital, args.attack, args.eps, args.steps, args.seed)
-            res = pipe.analyze(x.clamp(0, 1), hospital=args.hospital, purify=args.purify, seed=args.seed)[0]
+            run = analyze_attacked(pipe, torch.from_numpy(scan.image)[None, None], args.hospital, spec,
+                                   purify=args.purify, seed=args.seed)
+            res = run.result[0]
             row.update(ok=True, prediction=res.prediction,
                        probabilities=dict(zip(pipe.class_names, res.probabilities)),
                        detector_score=res.score, threshold=res.threshold, flagged=res.flagged, t_star=res.t_star,
@@ -66,7 +59,8 @@ def run(args) -> int:
                        in_distribution=res.in_distribution, ood_score=res.ood_score,
                        ood_threshold=res.ood_threshold,
                        latency_ms=res.timings_ms["total"], timings_ms=res.timings_ms, hospital=args.hospital,
-                       attack=args.attack, device=str(pipe.device))
+                       attack=spec.name, clean_prediction=run.clean[0].prediction if run.clean is not None else None,
+                       device=str(pipe.device))
         except ScanReadError as exc:
             row["error"] = str(exc)
         except Exception as exc:  # keep going with the other files
