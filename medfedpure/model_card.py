@@ -279,6 +279,23 @@ Nickparvar set combines figshare, SARTAJ and Br35H images); TCGA-LGG under The C
     return path
 
 
+# ------------------------------------------------------------------------------------------------ reading a card
+def front_matter(text: str) -> tuple[dict, str]:
+    """A model card's YAML front matter and its body -> (metadata dict, body); ({}, text) when it has none."""
+    if not text.startswith("---"):
+        return {}, text
+    end = text.find("\n---", 3)
+    if end < 0:
+        return {}, text
+    try:
+        import yaml
+
+        meta = yaml.safe_load(text[3:end]) or {}
+    except Exception:  # noqa: BLE001 - a broken card must not stop its reader
+        meta = {}
+    return (meta if isinstance(meta, dict) else {}), text[end + 4:].lstrip("\n")
+
+
 def _flat_config(folder: Path, kind: str, tolerant: bool = False) -> dict:
     """A model's config (sectioned or flat, see checkpoint_format) as one dict of the keys the card names;
     `tolerant`: a missing or broken file reads as empty."""
@@ -290,3 +307,62 @@ def _flat_config(folder: Path, kind: str, tolerant: bool = False) -> dict:
         if tolerant:
             return {}
         raise
+
+
+def _words(name) -> str:
+    return str(name).replace("_", " ")
+
+
+def card_summary(folder, description: str, class_names, hospitals, tumour_types=None) -> tuple[str, str]:
+    """(short markdown summary, card body) of a checkpoint folder, from its configs and its card (README.md), for
+    the demo app's page. Parts that are absent are left out (an empty folder still gives a summary)."""
+    root = Path(folder)
+    clf, det, pur = (_flat_config(root / kind, kind, tolerant=True) for kind in ("classifier", "detector", "purifier"))
+    card = (root / "README.md").read_text(encoding="utf-8") if (root / "README.md").is_file() else ""
+    meta, body = front_matter(card)
+    lines = [f"**Model:** {description or 'unknown source'}"]
+    training = clf.get("training") or {}
+    if "note" in training:
+        lines.append(f"**Training:** {training['note']}")
+    clf_bits = []
+    if clf.get("mode"):
+        experts = f", {clf['num_experts']} experts" if clf.get("num_experts") else ""
+        clf_bits.append(f"{clf['mode']} classifier{experts}")
+    for key, label in (("num-hospitals", "hospitals"), ("num-rounds", "federated rounds"),
+                       ("local-epochs", "local epochs/round")):
+        if training.get(key) is not None:
+            clf_bits.append(f"{training[key]} {label}")
+    if training.get("engine"):
+        clf_bits.append(f"trained with Flower ({training['engine']})")
+    if clf_bits:
+        lines.append("**Classifier:** " + ", ".join(clf_bits))
+    types = tumour_types or clf.get("tumour_types") or []
+    lines.append("**Tumour type:** " + (", ".join(map(_words, types)) if types else "not estimated by this model"))
+    datasets = meta.get("datasets")
+    lines.append(f"**Data:** {', '.join(map(str, datasets)) if isinstance(datasets, list) else datasets or 'Br35H'}"
+                 f"; classes: {', '.join(map(_words, class_names))}; hospitals: {', '.join(map(str, hospitals))}")
+    if det.get("calibration"):
+        fpr = det.get("target_fpr")
+        at = f", {100 * fpr:.0f}% clean false positives" if fpr else ""
+        values = ", ".join(f"{h}: {c.get('threshold', float('nan')):.4g}" for h, c in det["calibration"].items())
+        lines.append(f"**Detector** ({det.get('score', 'score')}) **thresholds** (per hospital{at}): {values}")
+    if pur:
+        lines.append(f"**Purifier:** t* in [{pur.get('t_min')}, {pur.get('t_max')}], {pur.get('ddim_steps')} DDIM steps")
+    evaluation = ""
+    if "## Evaluation" in body:
+        section = body.split("## Evaluation", 1)[1]
+        table = [ln for ln in section.split("\n## ", 1)[0].splitlines() if ln.startswith("|")]
+        if table:
+            evaluation = "\n\n**Evaluation (from the model card):**\n\n" + "\n".join(table)
+    return "  \n".join(lines) + evaluation, body or "_This checkpoint has no model card (README.md)._"
+
+
+def pipeline_summary(pipe) -> tuple[str, str]:
+    """`card_summary` of a loaded (or loading) pipeline's checkpoint; never raises (an odd card or config gives a
+    one-line summary instead)."""
+    try:
+        return card_summary(getattr(getattr(pipe, "source", None), "path", "") or ".", pipe.source_description,
+                            pipe.class_names, pipe.hospitals, getattr(pipe, "tumour_types", None))
+    except Exception as exc:  # noqa: BLE001 - an odd model card or config must never stop the app
+        return (f"**Model:** {pipe.source_description}  \n_(summary unavailable: {type(exc).__name__})_",
+                "_The model card could not be read._")

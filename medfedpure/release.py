@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from medfedpure import checkpoint_format as fmt
 from medfedpure.federated.records import portable
 from medfedpure.hub import write_manifest
 
@@ -39,11 +40,15 @@ def _copy_file(src: Path, dst: Path) -> None:
 
 
 def _copy_run(src: Path, dst: Path) -> None:
-    """Weights as float16 safetensors, configs and plots as they are."""
+    """Weights as float16 safetensors, the model's config in the current (sectioned) format, records and plots
+    as they are."""
     dst.mkdir(parents=True, exist_ok=True)
+    kind = fmt.kind_of_folder(src)
     for f in sorted(src.iterdir()):
         if f.suffix == ".safetensors":
             _halve(f, dst / f.name)
+        elif f.name == fmt.CONFIG_FILES[kind]:
+            fmt.write_config(dst, fmt.from_dict(portable(fmt.read_config(src, kind).to_dict()), kind))
         elif f.suffix in COPY_SUFFIXES:
             _copy_file(f, dst / f.name)
 
@@ -65,8 +70,7 @@ def release(runs: Path, out: Path, split_csv: Path | None = None, detector: Path
             raise FileNotFoundError(f"{src} is missing: train it with `python -m medfedpure train {run_name}`")
         _copy_run(src, dst)
     # A recalibrated detector keeps the training records of the run its weights come from.
-    det_cfg = json.loads((out / "detector" / "config.json").read_text())
-    trained_in = det_cfg.get("training", {}).get("recalibrated_from")
+    trained_in = fmt.read_config(out / "detector", "detector").training.get("recalibrated_from")
     if trained_in and Path(trained_in).is_dir():
         _copy_records(Path(trained_in), out / "detector")
     # The FedAvg baseline ships too: transfer attacks and the FedAvg ablation are then reproducible anywhere.

@@ -1,4 +1,4 @@
-"""Fit the out-of-distribution check into a classifier run folder (adds `ood.*` tensors and `ood` to config.json).
+"""Fit the out-of-distribution check into a classifier run folder (adds `ood.*` tensors and `ood` to the operating settings of its config.json).
 
     python scripts/fit_ood.py --classifier runs/multi/classifier --cache .cache/multi/cache.npz
 
@@ -21,6 +21,7 @@ def main() -> int:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from medfedpure.checkpoint_format import read_config, write_config
     from medfedpure.data import load_cache
     from medfedpure.ood import fit_ood
     from medfedpure.pipeline import load_classifier
@@ -49,10 +50,9 @@ def main() -> int:
     dtype = next(iter(state.values())).dtype
     state.update({k: v.to(dtype) for k, v in check.state_dict().items()})
     save_file(state, str(weights), metadata={"format": "pt"})
-    cfg_path = args.classifier / "config.json"
-    config = json.loads(cfg_path.read_text())
-    config["ood"] = record
-    cfg_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    config = read_config(args.classifier, "classifier")
+    config.operating["ood"] = record
+    write_config(args.classifier, config)
     print(json.dumps(record, indent=1))
     return 0
 

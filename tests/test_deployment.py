@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from medfedpure import data as D
+from medfedpure.checkpoint_format import read_config
 from medfedpure.federated.deployment import LocalDeployment, Site, alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,19 @@ def site_caches(root: Path, examples: Path, hospitals=(0, 1)) -> dict[int, Path]
         D.build_cache(root, root / f"split-{h}.csv", root / f"site-{h}.npz")
         out[h] = root / f"site-{h}.npz"
     return out
+
+
+def test_run_config_puts_the_models_own_settings_in_set(tmp_path):
+    from medfedpure.federated.deployment import app_run_config, write_run_config
+    from medfedpure.federated.settings import parse_assignments
+
+    config = app_run_config({"num-hospitals": 2, "out-dir": "out", "num-rounds": 1, "model-config": {"width": 4}})
+    assert set(config) == {"num-hospitals", "out-dir", "set"}
+    assert parse_assignments(config["set"]) == {"num-rounds": 1, "model-config": {"width": 4}}
+    import tomllib
+
+    written = tomllib.loads(write_run_config({"model": "mae", "lr": 0.01}, tmp_path / "r.toml").read_text())
+    assert written["model"] == "mae" and parse_assignments(written["set"]) == {"lr": 0.01}
 
 
 def test_site_node_config_quotes_paths():
@@ -80,8 +94,9 @@ def test_deployment_engine_trains_and_saves(tmp_path, examples_dir):
     assert train == [0, 1]
     assert sorted(r["hospital"] for r in history["records"] if r["phase"] == "evaluate") == [0, 1]
     assert history["summary"]["rejected_updates"] == []
-    config = json.loads((model_dir / "config.json").read_text())
-    assert config["hospitals"] == [0, 1] and config["training"]["engine"] == "flower-deployment"
+    config = read_config(model_dir, "classifier")
+    assert config.operating["hospitals"] == [0, 1] and config.training["engine"] == "flower-deployment"
+    assert config.training["num-rounds"] == 1 and config.model_args["width"] == 4  # the model's own, via `set`
 
     # superlink + 2 supernodes + their superexecs (+ the serverapp process): all gone after the `with`
     assert len(seen) >= 6

@@ -101,12 +101,40 @@ def test_pyproject_run_config_mirrors_settings():
                                  "clientapp": "medfedpure.federated.client_app:app"}
     assert app["publisher"] == "medfedpure" and pyproject["project"]["dependencies"] == []
     assert "federations" not in pyproject["tool"]["flwr"]  # flwr 1.42 would move it out by rewriting the file
+    # Only what every model shares (so no model's defaults pose as overrides of another's), the model, and `set`.
     config = dict(app["config"])
-    config["model-config"] = json.loads(config["model-config"])  # dict settings travel as JSON strings
-    expected = {**run_settings.COMMON, **run_settings.PER_MODEL["classifier"], "model": "classifier"}
+    expected = {**run_settings.COMMON, "model": "classifier", "set": ""}
     assert config == expected
     assert {k: type(v) for k, v in config.items()} == {k: type(v) for k, v in expected.items()}
-    assert run_settings.resolve("classifier", dict(app["config"])) == run_settings.resolve("classifier")
+    # The deployment harness (a local test and ops tool) is not part of the bundle the SuperNodes receive.
+    assert app["fab-exclude"] == ["medfedpure/federated/deployment.py"]
+
+
+def test_server_app_reads_the_model_and_its_own_settings_from_set(monkeypatch):
+    from flwr.app import Context, RecordDict
+
+    from medfedpure.federated import server_app
+
+    seen = {}
+    monkeypatch.setattr(server_app, "run_training", lambda grid, settings: seen.update(settings))
+    run_config = {**run_settings.COMMON, "model": "purifier", "set": "num-rounds=2 t-max=120"}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+    server_app.main(None, context)
+    assert seen["num-rounds"] == 2 and seen["t-max"] == 120 and seen["t-min"] == 40
+    assert seen["engine"] == "flower-deployment" and "set" not in seen
+
+
+def test_run_config_set_parses_pairs_and_json_and_rejects_unknown_keys():
+    assert run_settings.parse_assignments("lr=0.002 num-rounds=3 'model-config={\"width\": 8}' score=x") == {
+        "lr": 0.002, "num-rounds": 3, "model-config": {"width": 8}, "score": "x"}
+    assert run_settings.parse_assignments('{"lr": 0.1}') == {"lr": 0.1} and run_settings.parse_assignments("") == {}
+    with pytest.raises(ValueError, match="expected key=value"):
+        run_settings.parse_assignments("lr")
+    with pytest.raises(ValueError, match="did you mean 'lr'"):
+        run_settings.resolve("classifier", run_settings.parse_assignments("lrr=0.002"))
+    # the purification range is a setting of the purifier, so --set / set= reach it
+    with pytest.raises(ValueError, match="setting of the purifier model"):
+        run_settings.resolve("classifier", {"t-min": 10})
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 DEFAULT_CACHE_DIR = Path(".cache")
@@ -35,13 +34,6 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any run setting, e.g. --set lr=0.002 --set 'model-config={\"width\": 64}'")
     p.set_defaults(run=run)
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def default_split_path(data: str, sources: str | None, seed: int, hospitals: int = 10) -> Path:
@@ -113,7 +105,7 @@ def run(args) -> int:
         overrides["client-threads"] = args.threads
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key.strip()] = _parse_value(value)
+        overrides[key.strip()] = run_settings.parse_value(value)
     kinds = ["classifier", "mae", "purifier"] if args.model == "all" else [args.model]
     try:
         for kind in kinds:

@@ -26,7 +26,7 @@ PERSONAL = "personal"
 
 def _settings(msg: Message) -> dict:
     cfg = dict(msg.content.config_records.get("config", ConfigRecord()))
-    cfg["model-config"] = json.loads(cfg.get("model-config", "{}"))
+    cfg["model-config"] = json.loads(cfg["model-config"])
     return cfg
 
 
@@ -40,17 +40,17 @@ def _hospital(context: Context) -> int:
 
 
 def _data_path(context: Context, cfg: dict) -> str:
-    return str(context.node_config.get("data-path", cfg.get("data-path", "")))
+    return str(context.node_config.get("data-path", cfg["data-path"]))
 
 
 def _prepare(msg: Message, context: Context):
     cfg = _settings(msg)
-    torch.set_num_threads(int(cfg.get("client-threads", 1)))
+    torch.set_num_threads(int(cfg["client-threads"]))
     hospital = _hospital(context)
     model = build_model(cfg["model"], cfg["model-config"])
     incoming = msg.content.array_records["arrays"].to_torch_state_dict()
     personal = context.state.array_records.get(PERSONAL)
-    if cfg.get("mode") == "local" and personal is not None:
+    if _local_only(cfg) and personal is not None:
         model.load_state_dict(personal.to_torch_state_dict())  # local-only: ignore the global model
     else:
         model.load_state_dict(incoming, strict=False)
@@ -59,8 +59,18 @@ def _prepare(msg: Message, context: Context):
     return cfg, hospital, model
 
 
+def _server_round(cfg: dict) -> int:
+    """The round (an engine key: the strategy adds it to every train message; absent in a direct call)."""
+    return int(cfg.get("server-round", 1))
+
+
+def _local_only(cfg: dict) -> bool:
+    """A classifier trained without federation (mode local): each hospital keeps its whole model."""
+    return cfg["model"] == "classifier" and cfg["mode"] == "local"
+
+
 def _keep_personal(model, cfg: dict, context: Context) -> None:
-    if cfg.get("mode") == "local":
+    if _local_only(cfg):
         context.state[PERSONAL] = ArrayRecord(model.state_dict())
     elif hasattr(model, "personal_state") and model.personal_state():
         context.state[PERSONAL] = ArrayRecord(model.personal_state())
@@ -69,19 +79,19 @@ def _keep_personal(model, cfg: dict, context: Context) -> None:
 def _round_lr(cfg: dict) -> float:
     """Cosine decay of the local learning rate over the federated rounds (constant with lr-schedule=constant)."""
     lr = float(cfg["lr"])
-    if cfg.get("lr-schedule", "cosine") != "cosine":
+    if cfg["lr-schedule"] != "cosine":
         return lr
-    r, total = int(cfg.get("server-round", 1)), max(int(cfg.get("num-rounds", 1)), 1)
+    r, total = _server_round(cfg), max(int(cfg["num-rounds"]), 1)
     return lr * 0.5 * (1 + math.cos(math.pi * (r - 1) / total))
 
 
 def _inject_faults(cfg: dict, hospital: int, state: dict) -> dict:
     """Test hooks that simulate a broken hospital: drop out, send NaNs, or send a hugely scaled update."""
-    if int(cfg.get("fault-drop-hospital", -1)) == hospital:
+    if int(cfg["fault-drop-hospital"]) == hospital:
         raise RuntimeError(f"hospital {hospital} dropped out (fault injection)")
-    if int(cfg.get("fault-nan-hospital", -1)) == hospital:
+    if int(cfg["fault-nan-hospital"]) == hospital:
         state = {k: (v.float() * float("nan")) if v.is_floating_point() else v for k, v in state.items()}
-    if int(cfg.get("fault-scale-hospital", -1)) == hospital:
+    if int(cfg["fault-scale-hospital"]) == hospital:
         state = {k: (v * 1e4) if v.is_floating_point() else v for k, v in state.items()}
     return state
 
@@ -90,14 +100,14 @@ def _inject_faults(cfg: dict, hospital: int, state: dict) -> dict:
 def train(msg: Message, context: Context) -> Message:
     cfg, hospital, model = _prepare(msg, context)
     data = hospital_data(_data_path(context, cfg), hospital, cfg)
-    device = pick_device(cfg.get("device"))
-    seed = int(cfg.get("seed", 0)) * 1000 + int(cfg.get("server-round", 1)) * 17 + hospital
+    device = pick_device(cfg["device"])
+    seed = int(cfg["seed"]) * 1000 + _server_round(cfg) * 17 + hospital
     kind = cfg["model"]
     if kind == "classifier":
         weights = sampling = None
         balance = cfg["class-balance"]
         if balance == "balanced":
-            weights = steps.balanced_class_weights(data.train_y, int(cfg["model-config"].get("num_classes", 2)))
+            weights = steps.balanced_class_weights(data.train_y, int(model.config["num_classes"]))
         elif balance == "sampled":
             sampling = steps.stratum_sampling_weights(data.train_y, data.train_sources)
         elif balance != "none":
@@ -114,8 +124,8 @@ def train(msg: Message, context: Context) -> Message:
     else:
         n_steps = max(1, round(float(cfg["local-epochs"]) * len(data.train_x) / int(cfg["batch-size"])))
         metrics = steps.train_purifier(model, data.train_x, steps=n_steps, lr=_round_lr(cfg),
-                                       batch_size=int(cfg["batch-size"]), crop=int(cfg.get("crop", 64)),
-                                       max_timestep=int(cfg.get("max-timestep", 300)), seed=seed, device=device,
+                                       batch_size=int(cfg["batch-size"]), crop=int(cfg["crop"]),
+                                       max_timestep=int(cfg["max-timestep"]), seed=seed, device=device,
                                        ema_decay=float(cfg["ema-decay"]))
     model.cpu()
     _keep_personal(model, cfg, context)
@@ -127,15 +137,16 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, hospital, model = _prepare(msg, context)
-    data = hospital_data(_data_path(context, cfg), hospital, cfg, with_test=bool(cfg.get("eval-test", False)))
-    device = pick_device(cfg.get("device"))
+    with_test = bool(cfg.get("eval-test", False))  # an engine key: the strategy sets it on the last round
+    data = hospital_data(_data_path(context, cfg), hospital, cfg, with_test=with_test)
+    device = pick_device(cfg["device"])
     kind = cfg["model"]
     out: dict = {"hospital": hospital, "num-examples": len(data.val_x)}
     if kind == "classifier":
         val = steps.evaluate_classifier(model, data.val_x, data.val_y, device=device)
         out.update({"val-accuracy": val["accuracy"], "val-loss": val["loss"],
                     "val-balanced-accuracy": val["balanced-accuracy"]})
-        if cfg.get("eval-test") and data.test_x is not None and len(data.test_x):
+        if with_test and data.test_x is not None and len(data.test_x):
             test = steps.evaluate_classifier(model, data.test_x, data.test_y, device=device)
             out.update({"test-accuracy": test["accuracy"], "test-n": test["num-examples"]})
     elif kind == "mae":
@@ -154,13 +165,13 @@ def query(msg: Message, context: Context) -> Message:
     """
     cfg, hospital, model = _prepare(msg, context)
     content = RecordDict()
-    if cfg["model"] == "classifier" and cfg.get("mode") != "local":
+    if cfg["model"] == "classifier" and not _local_only(cfg):
         content["personal"] = ArrayRecord(model.personal_state()) if model.personal_state() else ArrayRecord()
     if cfg["model"] == "mae":
         from medfedpure.federated.task import calibrate_hospital, calibration_scans
 
         data = hospital_data(_data_path(context, cfg), hospital, cfg)
         scans = calibration_scans(data, cfg)
-        content["calibration"] = MetricRecord(calibrate_hospital(model, scans, cfg, pick_device(cfg.get("device"))))
+        content["calibration"] = MetricRecord(calibrate_hospital(model, scans, cfg, pick_device(cfg["device"])))
     content["metrics"] = MetricRecord({"hospital": hospital, "num-examples": len(msg.content.array_records)})
     return Message(content, reply_to=msg)

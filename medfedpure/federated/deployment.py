@@ -153,9 +153,22 @@ def _toml_value(value: object) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
+def app_run_config(overrides: Mapping[str, object]) -> dict[str, object]:
+    """Settings as the app's run config takes them: the model and the shared settings as keys of their own, the
+    model's own settings (lr, num-rounds, model-config, ...) in `set`, as one JSON object."""
+    from medfedpure.federated.settings import COMMON
+
+    top = {k: v for k, v in overrides.items() if k in COMMON or k in ("model", "set")}
+    own = {k: v for k, v in overrides.items() if k not in top}
+    if own and "set" in top:
+        raise ValueError(f"give the model's settings either in `set` or as keys ({sorted(own)}), not both")
+    return {**top, **({"set": json.dumps(own)} if own else {})}
+
+
 def write_run_config(overrides: Mapping[str, object], path: Path) -> Path:
     """Write `--run-config` overrides as a TOML file (any string survives, unlike `k=v` pairs)."""
-    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in overrides.items()), encoding="utf-8")
+    config = app_run_config(overrides)
+    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items()), encoding="utf-8")
     return path
 
 
@@ -456,8 +469,8 @@ class LocalDeployment:
             timeout: float = 1800.0) -> RunResult:
         """`flwr run <app> <connection> --stream [--run-config overrides.toml]`; waits for the run to end.
 
-        `run_config` keys must exist in the app's `[tool.flwr.app.config]` (flwr rejects others); dict values
-        (model-config) are sent as JSON strings. A relative `out-dir` is relative to `cwd`.
+        `run_config`: any run settings; the model's own travel in the run config's `set` (`app_run_config`),
+        dict values (model-config) as JSON. A relative `out-dir` is relative to `cwd`.
         """
         self._runs += 1
         cmd = [self._exe("flwr"), "run", str(Path(app).resolve()), self.connection, "--stream"]

@@ -58,7 +58,7 @@ def run_training(grid: Grid, settings: dict) -> dict:
     kind = settings["model"]
     torch.manual_seed(int(settings["seed"]))
     model = build_model(kind, settings["model-config"])
-    if settings.get("init-from"):
+    if settings["init-from"]:
         _warm_start(model, kind, Path(settings["init-from"]))
     n = int(settings["num-hospitals"])
     min_nodes = max(1, math.ceil(float(settings["min-fraction"]) * n))
@@ -99,14 +99,10 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """`flwr run .`: pyproject's run config holds the model and the settings every model shares; the model's
+    own settings travel in `set` (`--run-config 'model="mae" set="lr=0.002 num-rounds=3"'`)."""
     cfg = dict(context.run_config)
-    kind = str(cfg.pop("model", "classifier"))
-    if kind != "classifier":
-        # pyproject's run config lists the classifier's defaults; they are not overrides for the other models.
-        clf = run_settings.PER_MODEL["classifier"]
-        cfg = {k: v for k, v in cfg.items() if k not in clf or _as_value(k, v) != clf[k]}
-    run_training(grid, run_settings.resolve(kind, cfg))
-
-
-def _as_value(key: str, value):
-    return json.loads(value) if key == "model-config" and isinstance(value, str) else value
+    kind = str(cfg.pop("model"))
+    per_model = run_settings.parse_assignments(cfg.pop("set"))
+    overrides = {**cfg, **per_model}
+    run_training(grid, {**run_settings.resolve(kind, overrides), "engine": "flower-deployment"})

@@ -193,3 +193,20 @@ class HospitalClassifier(nn.Module):
     def tumour_type_log_proba(self, x: torch.Tensor) -> torch.Tensor | None:
         types = self.base.mixture_and_type(x, self.gate)[1]
         return None if types is None else F.log_softmax(types, dim=1)
+
+
+# Architecture arguments of the classifier, as recorded in a checkpoint's config (`MixtureOfExpertsClassifier.config`).
+CLASSIFIER_ARGS = ("num_classes", "num_experts", "width", "gate_width", "expert_type", "norm", "num_types",
+                   "input_norm")
+
+
+def build_classifier(config: dict) -> MixtureOfExpertsClassifier:
+    """The classifier a config describes (``arch`` "moe", the default and only one: the gated mixture)."""
+    arch = config.get("arch", "moe")
+    if arch != "moe":
+        raise ValueError(f"unknown classifier arch {arch!r}; choose moe")
+    args = {k: v for k, v in config.items() if k != "arch"}
+    unknown = sorted(set(args) - set(CLASSIFIER_ARGS))
+    if unknown:
+        raise ValueError(f"not classifier arguments: {unknown}; the classifier takes {CLASSIFIER_ARGS}")
+    return MixtureOfExpertsClassifier(**args)
