@@ -119,7 +119,7 @@ class AttackSpec:
 @dataclass
 class AttackedAnalysis:
     """The workflow's results: `clean` (the clean pass, classifier only; None without an attack), `labels` (what
-    the attack pushed away from), `result` (the whole pipeline on the analysed, i.e. attacked, scans) and the
+    the attack pushed away from), `result` (the whole pipeline on the analyzed, i.e. attacked, scans) and the
     workflow's own stage times in ms ("classify_clean", "attack")."""
 
     spec: AttackSpec
