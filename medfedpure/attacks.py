@@ -172,22 +172,44 @@ class AdaptivePGD(Attack):
     def __init__(self, pipe, hospital: int, eps: float = PAPER_PGD["eps"], step: float = PAPER_PGD["step"],
                  steps: int = PAPER_PGD["steps"], seed: int = 0, *, eot: int = 4, lam: float = 1.0,
                  margin: float = 0.95, evade_weight: float = 1.0, gradient: str = "full",
-                 through: str = "always", random_start: bool = False, keep_best: bool = True):
+                 through: str = "always", random_start: bool = False, keep_best: bool = True,
+                 loss: str = "ce", restarts: int = 1, known_noise_seed: int | None = None):
         super().__init__(eps, seed)
+        if loss not in ("ce", "margin"):
+            raise ValueError("loss must be 'ce' (cross-entropy) or 'margin' (best other class minus the true one)")
         if gradient not in ("full", "bpda"):
             raise ValueError("gradient must be 'full' (back-propagate through the purifier) or 'bpda'")
-        if through not in ("always", "flagged"):
-            raise ValueError("through must be 'always' or 'flagged'")
+        if through not in ("always", "flagged", "never"):
+            raise ValueError("through must be 'always', 'flagged' or 'never' (the classifier alone: the sanity check)")
         self.pipe, self.hospital = pipe, int(hospital)
         self.step, self.steps, self.eot = float(step), int(steps), max(int(eot), 1)
         self.lam, self.margin, self.evade_weight = float(lam), float(margin), float(evade_weight)
         self.gradient, self.through, self.random_start = gradient, through, bool(random_start)
         self.keep_best = bool(keep_best)
+        # restarts > 1: every scan not yet fooled starts again from a random point of the eps-ball (the first
+        # run starts at the clean scan unless random_start). known_noise_seed: the attacker knows the defender's
+        # purifier seed and attacks exactly that noise (needs the scan names in `key`, as the evaluation passes).
+        self.loss, self.restarts, self.known_noise_seed = loss, max(int(restarts), 1), known_noise_seed
+
+    def _objective(self, logp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the attacker ascends: cross-entropy, or the margin max_{k != y} log p_k - log p_y (CW-style)."""
+        if self.loss == "ce":
+            return F.nll_loss(logp, y, reduction="sum")
+        true = logp.gather(1, y[:, None]).squeeze(1)
+        other = logp.scatter(1, y[:, None], float("-inf")).amax(1)
+        return (other - true).sum()
+
+    def _draw_noise(self, shape, gen: torch.Generator, names) -> torch.Tensor:
+        if self.known_noise_seed is None or names is None:
+            return torch.randn(shape, generator=gen)
+        gens = [torch.Generator().manual_seed(derive_seed("purifier", self.known_noise_seed, n)) for n in names]
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in gens])
 
     def settings(self) -> dict:
         return {**super().settings(), "step": self.step, "steps": self.steps, "eot": self.eot, "lambda": self.lam,
                 "margin": self.margin, "evade_weight": self.evade_weight, "gradient": self.gradient,
                 "through": self.through, "random_start": self.random_start, "keep_best": self.keep_best,
+                "loss": self.loss, "restarts": self.restarts, "known_noise_seed": self.known_noise_seed,
                 "hospital": self.hospital,
                 "implementation": "medfedpure.attacks.AdaptivePGD"}
 
@@ -203,26 +225,27 @@ class AdaptivePGD(Attack):
             purified = pipe.purifier.purify(adv.detach(), t_star, steps=pipe.ddim_steps, noise=noise)
         return adv + (purified - adv.detach()) if grad else purified
 
-    def direction(self, adv: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
+    def direction(self, adv: torch.Tensor, y: torch.Tensor, gen: torch.Generator, names=None):
         """At `adv`: the combined ascent direction, the MAE score, and whether the real defence (purify flagged
         scans) is fooled on the attacker's first noise draw (all detached)."""
         pipe, h = self.pipe, self.hospital
         model = pipe.classifier_for(h)
         adv = adv.detach().requires_grad_(True)
         _, _, score = pipe.detect(adv)
-        g_score = torch.autograd.grad(score.sum(), adv)[0]
+        g_score = torch.autograd.grad(score.sum(), adv)[0] if self.lam else torch.zeros_like(adv)
         logp = model(adv)
-        g_plain = torch.autograd.grad(F.nll_loss(logp, y, reduction="sum"), adv)[0]
+        g_plain = torch.autograd.grad(self._objective(logp, y), adv)[0]
         score = score.detach()
         flagged = score > pipe.threshold(h)
         fooled = logp.detach().argmax(1) != y
         t_star = pipe.t_star(score, h, self.through)
         g_pur = torch.zeros_like(adv)
         if bool((t_star > 0).any()):
-            for r in range(self.eot):
-                noise = torch.randn(adv.shape, generator=gen).to(adv.device, adv.dtype)
+            draws = 1 if self.known_noise_seed is not None and names is not None else self.eot
+            for r in range(draws):
+                noise = self._draw_noise(adv.shape, gen, names).to(adv.device, adv.dtype)
                 logp_pur = model(self._purify(adv, t_star, noise, grad=True))
-                g_pur += torch.autograd.grad(F.nll_loss(logp_pur, y, reduction="sum"), adv)[0]
+                g_pur += torch.autograd.grad(self._objective(logp_pur, y), adv)[0] / draws * self.eot
                 if r == 0:  # flagged scans get the same t* in the real defence: reuse this draw as the check
                     fooled = torch.where(flagged, logp_pur.detach().argmax(1) != y, fooled)
         over = (score > self.margin * pipe.threshold(h)).float().view(-1, 1, 1, 1)
@@ -231,37 +254,57 @@ class AdaptivePGD(Attack):
         return g.detach(), score, fooled
 
     @torch.no_grad()
-    def fooled(self, adv: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def fooled(self, adv: torch.Tensor, y: torch.Tensor, gen: torch.Generator, names=None) -> torch.Tensor:
         """Whether the real defence (purify flagged scans) misclassifies `adv` on one attacker-side noise draw."""
         pipe, h = self.pipe, self.hospital
         model = pipe.classifier_for(h)
         _, _, score = pipe.detect(adv)
-        t_star = pipe.t_star(score, h, "flagged")
-        noise = torch.randn(adv.shape, generator=gen).to(adv.device, adv.dtype)
+        t_star = pipe.t_star(score, h, "never" if self.through == "never" else "flagged")
+        noise = self._draw_noise(adv.shape, gen, names).to(adv.device, adv.dtype)
         x = self._purify(adv, t_star, noise, grad=False) if bool((t_star > 0).any()) else adv
         return model(x).argmax(1) != y
+
+    @staticmethod
+    def _names(key):
+        """The scan names of an evaluation batch key (hospital, names), else None."""
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], tuple):
+            return list(key[1])
+        return None
+
+    def _run(self, x, y, gen, names, random_start: bool):
+        """One PGD run; returns (adversarial scans, whether each fooled the defence on the attacker's draw)."""
+        adv = x.clone()
+        if random_start:
+            start = (torch.rand(x.shape, generator=gen) * 2 - 1).to(x.device) * self.eps
+            adv = (x + start).clamp(0, 1)
+        best, found = adv.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.steps):
+            g, _, fooled = self.direction(adv, y, gen, names)
+            if self.keep_best:  # the latest iterate that fooled the defence on the attacker's own draw
+                best[fooled] = adv[fooled]
+                found |= fooled
+            adv = adv + self.step * g.sign()
+            adv = (x + (adv - x).clamp(-self.eps, self.eps)).clamp(0, 1).detach()
+        last = self.fooled(adv, y, gen, names)
+        if self.keep_best:
+            adv = torch.where((last | ~found).view(-1, 1, 1, 1), adv, best)
+        return adv, last | found
 
     def __call__(self, x, y, key=None):
         device = self.pipe.device
         x = x.detach().to(device).float()
         y = y.detach().to(device).long()
         gen = torch.Generator().manual_seed(derive_seed(self.seed, self.name, key))
-        adv = x.clone()
-        if self.random_start:
-            start = (torch.rand(x.shape, generator=gen) * 2 - 1).to(device) * self.eps
-            adv = (x + start).clamp(0, 1)
-        best, found = adv.clone(), torch.zeros(len(x), dtype=torch.bool, device=device)
-        for _ in range(self.steps):
-            g, _, fooled = self.direction(adv, y, gen)
-            if self.keep_best:  # the latest iterate that fooled the defence on the attacker's own draw
-                best[fooled] = adv[fooled]
-                found |= fooled
-            adv = adv + self.step * g.sign()
-            adv = (x + (adv - x).clamp(-self.eps, self.eps)).clamp(0, 1).detach()
-        if self.keep_best:
-            last = self.fooled(adv, y, gen)
-            keep_last = last | ~found
-            adv = torch.where(keep_last.view(-1, 1, 1, 1), adv, best)
+        names = self._names(key)
+        adv, done = self._run(x, y, gen, names, self.random_start)
+        for _ in range(self.restarts - 1):  # again, from a random start, for the scans not yet fooled
+            todo = torch.nonzero(~done).flatten()
+            if not len(todo):
+                break
+            sub = [names[i] for i in todo.tolist()] if names is not None else None
+            again, hit = self._run(x[todo], y[todo], gen, sub, True)
+            adv[todo] = torch.where(hit.view(-1, 1, 1, 1), again, adv[todo])
+            done[todo] = hit
         return adv
 
 
@@ -271,7 +314,8 @@ def make_attack(name: str, model: nn.Module | None = None, eps: float = PAPER_PG
                 eps_l2: float = 1.0, step_l2: float | None = None,
                 cw_c: float = 1.0, cw_kappa: float = 0.0, cw_steps: int = 50, cw_lr: float = 0.01,
                 eot: int = 4, lam: float = 1.0, margin: float = 0.95, evade_weight: float = 1.0,
-                gradient: str = "full", through: str = "always") -> Attack:
+                gradient: str = "full", through: str = "always", loss: str = "ce", restarts: int = 1,
+                known_noise_seed: int | None = None) -> Attack:
     """Build an attack by name (see `ATTACKS`). `model` maps [0, 1] scans to log-probabilities.
 
     fgsm, pgd, eotpgd: L-inf `eps` (pgd/eotpgd: `step`, `steps`, random start). pgdl2: L2 `eps_l2`, step
@@ -291,7 +335,8 @@ def make_attack(name: str, model: nn.Module | None = None, eps: float = PAPER_PG
             raise ValueError("the adaptive attack needs the pipeline and the hospital (pipe=..., hospital=...)")
         return AdaptivePGD(pipe, hospital, eps, step, steps, seed, eot=eot, lam=lam, margin=margin,
                            evade_weight=evade_weight, gradient=gradient, through=through,
-                           random_start=bool(random_start))  # default False: noise would raise the MAE score
+                           random_start=bool(random_start),  # default False: noise would raise the MAE score
+                           loss=loss, restarts=restarts, known_noise_seed=known_noise_seed)
     if model is None:
         raise ValueError(f"attack {name!r} needs the model to attack")
     random_start = True if random_start is None else bool(random_start)
