@@ -204,9 +204,11 @@ def analysis_args(args):
 
 
 def one_analysis(client, args) -> tuple[float, dict]:
+    from medfedpure.app_render import AnalyzeOutputs
+
     t = time.perf_counter()
-    out = client.predict(*analysis_args(args), api_name="/analyze")
-    return time.perf_counter() - t, out[4]
+    out = AnalyzeOutputs(*client.predict(*analysis_args(args), api_name="/analyze"))
+    return time.perf_counter() - t, out.details
 
 
 class _SkipUsers(Exception):

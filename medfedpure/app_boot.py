@@ -13,7 +13,6 @@ clean exit on SIGTERM. Nothing here imports torch at import time.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -37,10 +36,14 @@ def device_hint() -> str:
     return "cpu"
 
 
-def _read_json(path: Path) -> dict:
+def _config(folder: Path, kind: str) -> dict:
+    """A model's config as one flat dict, sectioned or flat file (see checkpoint_format); {} when unreadable
+    (the page still comes up, and loading the pipeline reports what is wrong)."""
+    from medfedpure.checkpoint_format import read_config
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_config(folder, kind).flat()
+    except (OSError, ValueError, KeyError):
         return {}
 
 
@@ -54,8 +57,8 @@ class LazyPipeline:
         self._loader = loader
         self.source = resolve_model(model, revision)  # local folders: instant; the Hub: downloads (as before)
         root = Path(self.source.path)
-        clf = _read_json(root / "classifier" / "config.json")
-        det = _read_json(root / "detector" / "config.json")
+        clf = _config(root / "classifier", "classifier")
+        det = _config(root / "detector", "detector")
         hospitals = clf.get("hospitals") or list((det.get("calibration") or {}).keys()) or [0]
         self.hospitals = sorted(int(h) for h in hospitals)
         self.class_names = list(clf.get("class_names") or ["no_tumour", "tumour"])

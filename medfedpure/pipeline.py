@@ -193,7 +193,7 @@ class MedFedPure:
     def defended(self, hospital: int, purify: str = "flagged") -> DefendedClassifier:
         return DefendedClassifier(self, self._check_hospital(hospital), purify)
 
-    # ----------------------------------------------------------------------------------- analyse
+    # ----------------------------------------------------------------------------------- analyze
     def _as_batch(self, scans) -> tuple[torch.Tensor, list[str]]:
         if isinstance(scans, torch.Tensor):
             x = scans if scans.dim() == 4 else scans.unsqueeze(1) if scans.dim() == 3 else scans[None, None]
