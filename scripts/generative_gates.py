@@ -26,6 +26,18 @@ def _psnr(a, b) -> float:
     return float(10 * np.log10(1.0 / max(mse, 1e-12)))
 
 
+def _save_strip(path: Path, x, recon, sources, per_source: int = 2) -> None:
+    """Scan | reconstruction | |error| x 4, for a few scans of each source: to look at, not only to measure."""
+    from PIL import Image
+
+    rows = []
+    for src in sorted(set(sources.tolist())):
+        for i in np.flatnonzero(sources == src)[:per_source]:
+            a, r = x[i, 0].numpy(), recon[i, 0].numpy()
+            rows.append(np.concatenate([a, r, np.clip(np.abs(a - r) * 4, 0, 1)], axis=1))
+    Image.fromarray((np.concatenate(rows, axis=0) * 255).astype(np.uint8)).save(path)
+
+
 def main() -> int:
     import torch
 
@@ -74,6 +86,8 @@ def main() -> int:
     hp_x, hp_r = detector.highpass(x), detector.highpass(recon)
     kept_hp = float((hp_r * hp_x).sum() / (hp_x ** 2).sum())  # projection of the reconstruction's detail on the scan's
     recon_acc = float((classify(recon) == y).float().mean())
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    _save_strip(Path(args.out) / "mae_reconstructions.png", x, recon, scans.source[keep])
     out = {"n": int(len(x)), "clean_accuracy": clean_acc,
            "mae": {"psnr_full_reconstruction": _psnr(recon.numpy(), x.numpy()), "highpass_energy_kept": kept_hp,
                    "classifier_accuracy_on_reconstructions": recon_acc,
