@@ -689,6 +689,7 @@ def test_page_is_served_before_the_models_load(served):
 
     lazy = LazyPipeline(str(pipe.source.path), loader=loader)
     assert lazy.hospitals == list(pipe.hospitals) and lazy.class_names == list(pipe.class_names)
+    assert lazy.tumour_types == list(pipe.tumour_types)  # read from sectioned and flat configs alike
     assert not lazy.loaded and lazy.device in ("cpu", "cuda", "mps")
     ui = app.DemoApp(lazy)
     assert "loading the models" in ui.header_text()
