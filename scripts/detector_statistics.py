@@ -68,9 +68,28 @@ def _tpr_at_fpr(clean: dict, adv: dict, name: str, fpr: float = 0.05) -> float:
     return hits / max(total, 1)
 
 
+def clean_medians(clean: dict) -> dict[str, float]:
+    return {n: float(np.median(np.concatenate([clean[h][n] for h in clean]))) or 1e-12 for n in COMBINED}
+
+
+def choose(results: dict) -> str:
+    """The rule, fixed before looking: among the scores that read the MAE and have a map (so the app's map is the
+    score that decides), the best mean AUROC over the two PGD L-inf budgets."""
+    from medfedpure import detector
+
+    def eligible(name: str) -> bool:
+        parts = [p.strip() for p in name.split("+")]
+        return (any(p not in detector.MODEL_FREE_STATISTICS for p in parts)
+                and not any(p in detector.CLASSIFIER_STATISTICS for p in parts))
+
+    pgd = [a for a in results if a.startswith("PGD ")]
+    names = [n for n in results[pgd[0]]["scores"] if eligible(n)]
+    return max(names, key=lambda n: np.mean([results[a]["scores"][n]["auroc"] for a in pgd]))
+
+
 def _add_combined(clean: dict, adv: dict) -> list[str]:
     """Sums of two candidates, each divided by its pooled clean median (the constant a shipped score records)."""
-    medians = {n: float(np.median(np.concatenate([clean[h][n] for h in clean]))) or 1e-12 for n in COMBINED}
+    medians = clean_medians(clean)
     names = []
     for a, b in itertools.combinations(COMBINED, 2):
         name = f"{a} + {b}"
@@ -108,7 +127,7 @@ def main() -> int:
     keep = detector.keep_sets_for(mae, int(mae_cfg.get("score_repeats", 1)), 0, mask_ratio=ratio)
     cache = load_cache(args.cache)
     started = time.time()
-    results, n_scans = {}, 0
+    results, n_scans, medians = {}, 0, {}
     for attack, make in _attacks(args.more).items():
         clean, adv, flipped = {}, {}, []
         for h, gate in sorted(gates.items()):
@@ -121,6 +140,7 @@ def main() -> int:
                 flipped.append((model(xa).argmax(1) != model(x).argmax(1)).float().mean().item())
             clean[h], adv[h] = _scores(mae, keep, model, x), _scores(mae, keep, model, xa)
         n_scans = sum(len(v["mean_abs_error"]) for v in clean.values())
+        medians = medians or clean_medians(clean)  # the clean scans are the same for every attack
         names = list(SINGLE) + _add_combined(clean, adv)
         pooled = lambda t, n: np.concatenate([t[h][n] for h in t])  # noqa: E731
         results[attack] = {"flipped": float(np.mean(flipped)), "scores": {
@@ -129,8 +149,11 @@ def main() -> int:
         print(attack, f"{time.time() - started:.0f} s", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    chosen = choose(results)
+    norms = ",".join(f"{p.strip()}={medians[p.strip()]:.6g}" for p in chosen.split("+")) if "+" in chosen else ""
     meta = {"classifier": args.classifier, "mae": args.mae, "scoring_mask_ratio": ratio, "val_scans": n_scans,
-            "seconds": round(time.time() - started)}
+            "seconds": round(time.time() - started), "chosen": chosen, "score_norms": norms,
+            "clean_medians": medians}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     attacks = list(results)
     lines = ["# Choosing the detector score (validation scans only)", "",
@@ -149,8 +172,11 @@ def main() -> int:
     lines += ["", "AUROC: clean against attacked validation scans, pooled over hospitals (0.5 = chance). TPR@5%: "
               "attacked scans over their hospital's threshold, set at the 95th percentile of that hospital's clean "
               "scores here. A sum divides each part by its median on these clean scans. `background_highpass` reads "
-              "the scan alone (no MAE); the others read the MAE's reconstruction. The shipped score is `score` in "
-              "medfedpure/federated/settings.py; the test split is never used for the choice."]
+              "the scan alone (no MAE); the others read the MAE's reconstruction.", "",
+              f"**Chosen by the rule fixed beforehand** (the best mean AUROC over the two PGD L-inf budgets among the "
+              f"scores that read the MAE and have a map): `{chosen}`"
+              + (f", with `score-norms={norms}` (the parts' medians on these clean scans)" if norms else "")
+              + ". The test split is never used for the choice."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
