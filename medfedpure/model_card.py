@@ -71,12 +71,24 @@ def _calibration_scans_phrase(det: dict) -> str:
     return "each hospital's own clean validation scans"
 
 
+def _mae_phrase(det: dict) -> str:
+    if det.get("arch") == "conv":
+        return (f"convolutional MAE (a U-Net of width {det.get('width')}, {det.get('levels')} levels, inpainting hidden "
+                f"{det['patch_size']}-px patches; trained on 64-px crops at mask ratios {det.get('train_mask_ratios')})")
+    return f"ViT MAE, patch {det['patch_size']}, mask ratio {det['mask_ratio']}"
+
+
+def _norms_phrase(det: dict) -> str:
+    norms = det.get("score_norms") or {}
+    return f" (each part divided by its clean median: {', '.join(f'{k} {v:.4g}' for k, v in norms.items())})" if norms else ""
+
+
 def _recalibration_note(training: dict, score: str) -> str:
     if not training.get("recalibrated_from"):
         return ""
     return ("the detector's thresholds were then recomputed by every hospital for the statistic chosen on validation "
-            "scans (`python -m medfedpure train mae --data ../shared/data/br35h --split pretrained/split.csv "
-            f"--rounds 0 --set init-from=runs/mae --set score={score} --out runs/calibrated`); ")
+            "scans (`python -m medfedpure train mae --data ../shared/data --split pretrained/split.csv "
+            f"--rounds 0 --set init-from=runs/mae --set score={score} ... --out runs/calibrated`, see the README); ")
 
 
 def _init_note(path) -> str:
@@ -244,8 +256,8 @@ augmentation `{t_clf.get('augmentation', 'mild')}`, input normalisation `{clf.ge
 f", warm start from `{_portable(t_clf.get('init-from'))}`{_init_note(t_clf.get('init-from'))}" if t_clf.get('init-from') else ''}. The classifier's gates never left the
 hospitals during training; each hospital published its gate once, at release, so the demo can offer its model.
 {_ood_line(clf)}
-- Detector: ViT MAE, patch {det['patch_size']}, mask ratio {det['mask_ratio']}; score = `{det.get('score')}`
-  (see medfedpure/detector.py) over {4 * det['score_repeats']} complementary masks (every patch hidden equally often);
+- Detector: {_mae_phrase(det)}; score = `{det.get('score')}`{_norms_phrase(det)}
+  (see medfedpure/detector.py) over complementary masks at ratio {det.get('score_mask_ratio', det.get('mask_ratio'))}, {det['score_repeats']} set(s) (every patch hidden equally often);
   per-hospital thresholds at {100 * det['target_fpr']:.0f}% false positives on {_calibration_scans_phrase(det)}
   ({thresholds}).
 - Purifier: DDPM, linear betas 1e-4 to 2e-2, T = 1000, trained on 64-px crops at t < {t_pur.get('max-timestep')};
