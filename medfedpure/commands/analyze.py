@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+
+
+def _number(text: str) -> float:
+    """'0.015' or '8/255' -> float (as `evaluate` takes them)."""
+    from medfedpure.evaluation.settings import parse_number
+
+    try:
+        return parse_number(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r} (e.g. 0.015 or 8/255)") from None
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -14,7 +25,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--hospital", type=int, default=0, help="whose personalised model and threshold (default 0)")
     p.add_argument("--attack", choices=["none", "fgsm", "pgd"], default="none",
                    help="perturb each scan first (attacker sees the classifier), to see the defence respond")
-    p.add_argument("--eps", type=float, default=8 / 255, help="attack budget, L-inf in [0,1] pixel units")
+    p.add_argument("--eps", type=_number, default=8 / 255, help="attack budget, L-inf in [0,1] pixel units "
+                   "(0.015, 8/255)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps (step size eps/4; FGSM takes one)")
     p.add_argument("--purify", choices=["flagged", "always", "never"], default="flagged")
     p.add_argument("--seed", type=int, default=0)
