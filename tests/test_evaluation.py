@@ -303,3 +303,18 @@ def test_make_report_script_end_to_end(tiny_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "REPORT.md").is_file() and (out / "roc.png").is_file()
     assert (out / "runs" / "adaptive" / "results.json").is_file()
+
+
+def test_type_predictions_of_a_classifier_with_a_type_head():
+    """The shipped classifier has a tumour-type head: its per-scan types come back as integers (the path that tiny
+    test models without a type head never take)."""
+    from medfedpure.evaluation.defence import _type_predictions
+    from medfedpure.hub import BUNDLED_DIR
+    from medfedpure.pipeline import MedFedPure
+
+    pipe = MedFedPure.from_pretrained(str(BUNDLED_DIR), device="cpu")
+    if not pipe.tumour_types:
+        pytest.skip("the bundled classifier has no tumour-type head")
+    types = _type_predictions(pipe.classifier_for(0), torch.rand(5, 1, 128, 128), batch_size=2)
+    assert types.shape == (5,) and types.dtype.kind == "i"
+    assert set(types.tolist()) <= set(range(len(pipe.tumour_types)))

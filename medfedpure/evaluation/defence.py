@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from medfedpure.attacks import derive_seed, load_source_classifier
