@@ -53,7 +53,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "ATTACKS", "PAPER_PGD", "PGD_8_255", "AttackModel", "Attack", "NoAttack", "TorchAttack", "AdaptivePGD",
-    "make_attack", "derive_seed", "perturbation_norms", "load_source_classifier",
+    "make_attack", "derive_seed", "purifier_noise", "perturbation_norms", "load_source_classifier",
 ]
 
 ATTACKS = ("none", "fgsm", "pgd", "pgdl2", "cw", "eotpgd", "adaptive")
@@ -66,6 +66,13 @@ def derive_seed(*parts) -> int:
     """A stable 63-bit seed from any printable parts (seed, batch key, step, ...)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+
+
+def purifier_noise(names, seed: int, shape) -> torch.Tensor:
+    """The evaluation's purifier noise: one seeded draw per scan name, (N, *shape[1:]). The attacker who knows
+    the defender's seed draws exactly this."""
+    gens = [torch.Generator().manual_seed(derive_seed("purifier", seed, n)) for n in names]
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in gens])
 
 
 @contextmanager
@@ -202,8 +209,7 @@ class AdaptivePGD(Attack):
     def _draw_noise(self, shape, gen: torch.Generator, names) -> torch.Tensor:
         if self.known_noise_seed is None or names is None:
             return torch.randn(shape, generator=gen)
-        gens = [torch.Generator().manual_seed(derive_seed("purifier", self.known_noise_seed, n)) for n in names]
-        return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in gens])
+        return purifier_noise(names, self.known_noise_seed, shape)
 
     def settings(self) -> dict:
         return {**super().settings(), "step": self.step, "steps": self.steps, "eot": self.eot, "lambda": self.lam,
@@ -240,16 +246,16 @@ class AdaptivePGD(Attack):
         fooled = logp.detach().argmax(1) != y
         t_star = pipe.t_star(score, h, self.through)
         g_pur = torch.zeros_like(adv)
+        draws = 1 if self.known_noise_seed is not None and names is not None else self.eot
         if bool((t_star > 0).any()):
-            draws = 1 if self.known_noise_seed is not None and names is not None else self.eot
             for r in range(draws):
                 noise = self._draw_noise(adv.shape, gen, names).to(adv.device, adv.dtype)
                 logp_pur = model(self._purify(adv, t_star, noise, grad=True))
-                g_pur += torch.autograd.grad(self._objective(logp_pur, y), adv)[0] / draws * self.eot
+                g_pur += torch.autograd.grad(self._objective(logp_pur, y), adv)[0]
                 if r == 0:  # flagged scans get the same t* in the real defence: reuse this draw as the check
                     fooled = torch.where(flagged, logp_pur.detach().argmax(1) != y, fooled)
         over = (score > self.margin * pipe.threshold(h)).float().view(-1, 1, 1, 1)
-        g = (self._unit(g_pur / self.eot) + self.evade_weight * self._unit(g_plain)
+        g = (self._unit(g_pur / draws) + self.evade_weight * self._unit(g_plain)
              - self.lam * over * self._unit(g_score))
         return g.detach(), score, fooled
 

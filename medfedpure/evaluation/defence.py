@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medfedpure.attacks import derive_seed, load_source_classifier
+from medfedpure.attacks import load_source_classifier, purifier_noise
 from medfedpure.evaluation.settings import Purify
 
 __all__ = ["with_classifier", "ablation_t_stars", "defence_info"]
@@ -44,8 +44,7 @@ class _Defence:
         return torch.cat(out) if out else torch.zeros(0, device=x.device)
 
     def _noise(self, names: list[str], seed: int, shape) -> torch.Tensor:
-        gens = [torch.Generator().manual_seed(derive_seed("purifier", seed, n)) for n in names]
-        return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in gens])
+        return purifier_noise(names, seed, shape)
 
     @torch.no_grad()
     def purify(self, x: torch.Tensor, t: torch.Tensor, names: list[str], seed: int, cache: bool) -> torch.Tensor:
