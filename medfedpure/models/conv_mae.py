@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medfedpure.models.mae import hidden_patch_mse, patchify, unpatchify
+
 
 def _block(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
     groups = max(1, cout // 8)
@@ -51,14 +53,10 @@ class ConvMaskedAutoencoder(nn.Module):
     # imgs: (N, 1, H, W) <-> patches: (N, L, p*p), as in the ViT MAE
     # Sizes come from the input, not from image_size: training runs on crops, scoring on whole scans.
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        n, p, g = imgs.shape[0], self.patch_size, imgs.shape[-1] // self.patch_size
-        x = imgs.reshape(n, 1, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
-        return x.reshape(n, g * g, p * p)
+        return patchify(imgs, self.patch_size)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        n, p, g = patches.shape[0], self.patch_size, int(round(patches.shape[1] ** 0.5))
-        x = patches.reshape(n, g, g, p, p).permute(0, 1, 3, 2, 4)
-        return x.reshape(n, 1, g * p, g * p)
+        return unpatchify(patches, self.patch_size)
 
     def random_keep(self, n: int, generator: torch.Generator | None = None, device=None,
                     num_patches: int | None = None) -> torch.Tensor:
@@ -94,12 +92,7 @@ class ConvMaskedAutoencoder(nn.Module):
 
     def masked_loss(self, imgs: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
         """Mean squared error on the hidden patches only (as in MAE)."""
-        pred = self.forward(imgs, keep_idx)
-        target = self.patchify(imgs)
-        masked = torch.ones(target.shape[:2], device=imgs.device)
-        masked.scatter_(1, keep_idx, 0.0)
-        per_patch = ((pred - target) ** 2).mean(-1)
-        return (per_patch * masked).sum() / masked.sum()
+        return hidden_patch_mse(self.forward(imgs, keep_idx), self.patchify(imgs), keep_idx)
 
 
 CONV_ARGS = ("image_size", "patch_size", "width", "levels", "mask_ratio", "train_mask_ratios", "arch")

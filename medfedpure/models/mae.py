@@ -25,6 +25,26 @@ def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, 1, H, W) -> (N, L, p*p), patches in row-major order; the grid follows the input's size."""
+    n, g = imgs.shape[0], imgs.shape[-1] // p
+    return imgs.reshape(n, 1, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(n, g * g, p * p)
+
+
+def unpatchify(patches: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, L, p*p) -> (N, 1, H, W), the inverse of `patchify`."""
+    n, g = patches.shape[0], int(round(patches.shape[1] ** 0.5))
+    return patches.reshape(n, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(n, 1, g * p, g * p)
+
+
+def hidden_patch_mse(pred: torch.Tensor, target: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the hidden patches only (the MAE loss); pred, target (N, L, p*p)."""
+    masked = torch.ones(target.shape[:2], device=target.device)
+    masked.scatter_(1, keep_idx, 0.0)
+    per_patch = ((pred - target) ** 2).mean(-1)
+    return (per_patch * masked).sum() / masked.sum()
+
+
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
@@ -67,14 +87,10 @@ class MaskedAutoencoder(nn.Module):
 
     # imgs: (N, 1, H, W) <-> patches: (N, L, p*p)
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        n, p, g = imgs.shape[0], self.patch_size, self.grid
-        x = imgs.reshape(n, 1, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
-        return x.reshape(n, g * g, p * p)
+        return patchify(imgs, self.patch_size)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        n, p, g = patches.shape[0], self.patch_size, self.grid
-        x = patches.reshape(n, g, g, p, p).permute(0, 1, 3, 2, 4)
-        return x.reshape(n, 1, g * p, g * p)
+        return unpatchify(patches, self.patch_size)
 
     def random_keep(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """Indices of the visible patches, (N, L_keep), a random subset per sample."""
@@ -98,12 +114,7 @@ class MaskedAutoencoder(nn.Module):
 
     def masked_loss(self, imgs: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
         """Training loss: mean squared error on the masked patches only (as in MAE)."""
-        pred = self.forward(imgs, keep_idx)
-        target = self.patchify(imgs)
-        masked = torch.ones(imgs.shape[0], self.num_patches, device=imgs.device)
-        masked.scatter_(1, keep_idx, 0.0)
-        per_patch = ((pred - target) ** 2).mean(-1)
-        return (per_patch * masked).sum() / masked.sum()
+        return hidden_patch_mse(self.forward(imgs, keep_idx), self.patchify(imgs), keep_idx)
 
 
 def complementary_keep_sets(num_patches: int, mask_ratio: float, repeats: int, seed: int) -> torch.Tensor:
