@@ -49,7 +49,7 @@ __all__ = [
     "DataError", "ScanRecord", "FolderScan", "DuplicateGroups", "Partition", "SplitRow", "SplitResult", "Cache",
     "CheckReport", "parse_classes", "class_names_for", "list_labelled", "list_unlabelled", "read_folder",
     "find_duplicate_groups", "make_split", "hospital_shift", "apply_acquisition_shift", "split_folder",
-    "write_split", "read_split", "read_split_meta", "split_sha256", "build_cache", "load_cache",
+    "write_split", "read_split", "read_split_meta", "split_sha256", "build_cache", "save_cache", "load_cache",
     "load_split_scans", "check_folder", "file_sha256", "SOURCE_COLUMNS", "tumour_type_index",
 ]  # fmt: skip
 
@@ -938,6 +938,12 @@ def build_cache(root, split_csv, out_path, size: int = IMAGE_SIZE) -> Cache:
     """
     rows = read_split(split_csv)
     cache = _load_rows(root, rows, size, split_sha256(split_csv))
+    save_cache(cache, out_path)
+    return cache
+
+
+def save_cache(cache: Cache, out_path) -> None:
+    """Write a Cache as the compressed .npz that `load_cache` reads."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _write_npz(out_path, {
@@ -947,7 +953,6 @@ def build_cache(root, split_csv, out_path, size: int = IMAGE_SIZE) -> Cache:
         "format": np.array(_CACHE_FORMAT, dtype=np.int64), "source": cache.source,
         "tumour_type": cache.tumour_type,
     })  # fmt: skip
-    return cache
 
 
 def load_cache(path, split_csv=None) -> Cache:

@@ -56,7 +56,22 @@ def _prepare(msg: Message, context: Context):
         model.load_state_dict(incoming, strict=False)
         if personal is not None:
             model.load_state_dict(personal.to_torch_state_dict(), strict=False)  # the hospital's own gate
+        elif cfg["model"] == "classifier" and cfg.get("init-gates") and cfg.get("init-from"):
+            _warm_start_gate(model, cfg["init-from"], hospital)
     return cfg, hospital, model
+
+
+def _warm_start_gate(model, folder: str, hospital: int) -> None:
+    """First round of a fine-tune: the hospital's gate from the checkpoint it continues (stored there as
+    `gates.<hospital>.*`); a hospital the checkpoint does not know keeps its fresh gate."""
+    from medfedpure.hub import load_weights
+    from medfedpure.models.classifier import GATE_PREFIX
+
+    state, _ = load_weights(folder)
+    prefix = f"gates.{hospital}."
+    gate = {GATE_PREFIX + k[len(prefix):]: v.float() for k, v in state.items() if k.startswith(prefix)}
+    if gate:
+        model.load_state_dict(gate, strict=False)
 
 
 def _server_round(cfg: dict) -> int:

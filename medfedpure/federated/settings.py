@@ -34,6 +34,8 @@ PER_MODEL = {
         "class-balance": "sampled",
         "augmentation": "scanner",  # scanner: contrast, gamma, bias field, noise, blur, resolution, crops, restyle | mild
         "type-weight": 0.5,   # weight of the tumour-type loss (scans whose source names the type)
+        # a fine-tune of the same hospitals: each hospital also starts from its own gate in init-from's checkpoint
+        "init-gates": False,
         "num-rounds": 20, "local-epochs": 2, "lr": 1e-3, "batch-size": 32,
         "model-config": {"num_classes": 2, "num_experts": 3, "width": 32, "gate_width": 16, "expert_type": "head",
                          "norm": "group", "num_types": 3, "input_norm": "scan"},
