@@ -52,6 +52,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=256, help="validation scans (class-stratified, seeded)")
     p.add_argument("--t", default="40,80,120,160", help="diffusion depths to check (up to t_max)")
     p.add_argument("--mae", help="an MAE run folder to gate instead of the model's detector (e.g. runs/cmae/mae)")
+    p.add_argument("--purifier", help="a purifier folder to gate instead of the model's (e.g. runs/pur128/purifier)")
     p.add_argument("--ddim-steps", default="", help="DDIM step counts to compare, e.g. 1,2,4 (default: the model's)")
     p.add_argument("--out", default="reports")
     p.add_argument("--threads", type=int, default=2)
@@ -63,6 +64,10 @@ def main() -> int:
         from medfedpure.pipeline import load_mae
 
         pipe.mae = load_mae(Path(args.mae))[0].eval()
+    if args.purifier:
+        from medfedpure.pipeline import load_purifier
+
+        pipe.purifier = load_purifier(Path(args.purifier))[0].eval()
     scans = load_scans(args.data, "val", Path(pipe.source.path) / "split.csv")
     keep = _stratified_pick(scans.labels, args.limit, 0)
     x = scans.tensor(keep)
@@ -117,7 +122,7 @@ def main() -> int:
     m = out["mae"]
     lines = ["# Quality gates of the generative models (validation scans)", "",
              f"Command: `python scripts/generative_gates.py --model {args.model} --data {args.data} --limit {args.limit} --t {args.t}"
-             + (f" --mae {args.mae}" if args.mae else "") + (f" --ddim-steps {args.ddim_steps}" if args.ddim_steps else "")
+             + (f" --mae {args.mae}" if args.mae else "") + (f" --purifier {args.purifier}" if args.purifier else "") + (f" --ddim-steps {args.ddim_steps}" if args.ddim_steps else "")
              + "`; "
              f"{out['n']} validation scans (class-stratified), each classified by its own hospital's model; clean "
              f"accuracy {100 * clean_acc:.1f}%.", "",

@@ -118,6 +118,29 @@ def test_threshold_calibration_meets_target_false_positive_rate():
         detector.calibrate_threshold(np.array([]))
 
 
+def test_pooled_threshold_holds_the_rate_on_every_hospitals_scans_together():
+    from medfedpure.federated.checkpoint import apply_threshold_rule
+
+    rng = np.random.default_rng(1)
+    # one site scores low (its own threshold would flag the others' clean scans), one scores high
+    scores = {"0": rng.normal(2.0, 0.3, 90), "1": rng.normal(3.5, 0.5, 400), "2": rng.normal(3.0, 0.4, 200)}
+    grids = {h: (np.quantile(s, np.linspace(0, 1, detector.QUANTILE_GRID)), len(s)) for h, s in scores.items()}
+    pooled = detector.pooled_threshold(grids, 0.05)
+    everyone = np.concatenate(list(scores.values()))
+    assert 0.035 <= np.mean(everyone > pooled) <= 0.05
+    assert np.mean(everyone > detector.calibrate_threshold(scores["0"])) > 0.5  # why pooling is needed
+    cal = {h: {"threshold": detector.calibrate_threshold(s), "scale": 1.0, "val-n": len(s),
+               "grid": list(grids[h][0])} for h, s in scores.items()}
+    ruled = apply_threshold_rule(cal, "own-or-pooled", 0.05)
+    for h, c in ruled.items():
+        assert c["threshold"] == max(cal[h]["threshold"], pooled) and c["own-threshold"] == cal[h]["threshold"]
+        assert c["scale"] == pytest.approx(c["threshold"] - np.median(scores[h]), abs=0.05)
+        assert np.mean(everyone > c["threshold"]) <= 0.05
+    assert apply_threshold_rule(cal, "own", 0.05) == cal
+    with pytest.raises(ValueError, match="threshold-rule"):
+        apply_threshold_rule(cal, "mean", 0.05)
+
+
 def test_adaptive_t_star_is_monotone_and_bounded():
     scores = torch.linspace(0.0, 1.0, 101)
     t = detector.adaptive_t_star(scores, threshold=0.3, scale=0.2, t_min=40, t_max=160)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Message
 
 from medfedpure import checkpoint_format as fmt
@@ -21,7 +22,8 @@ from medfedpure.models.classifier import GATE_PREFIX
 _NOT_PROVENANCE = {"data-path", "out-dir", "device", "client-threads", "round-timeout", "model", "model-config",
                    "fault-drop-hospital", "fault-nan-hospital", "fault-scale-hospital", *run_settings.ENGINE_KEYS}
 # Settings recorded as operating settings instead (the detector's score, the purification range).
-_OPERATING = {"mae": {"score", "score-mask-ratio", "score-norms", "score-repeats", "target-fpr", "calibration-scans"},
+_OPERATING = {"mae": {"score", "score-mask-ratio", "score-norms", "score-repeats", "target-fpr", "calibration-scans",
+                       "threshold-rule"},
               "purifier": {"t-min", "t-max", "ddim-steps"}}
 
 
@@ -50,6 +52,7 @@ def model_config(kind: str, model, settings: dict, training: dict, hospitals: li
                      "score_norms": detector.parse_norms(settings["score-norms"]),
                      "score_repeats": int(settings["score-repeats"]), "score_seed": int(settings["seed"]),
                      "target_fpr": float(settings["target-fpr"]), "calibration_scans": str(settings["calibration-scans"]),
+                     "threshold_rule": str(settings["threshold-rule"]),
                      "calibration": dict(sorted((calibration or {}).items(), key=lambda kv: int(kv[0])))}
         return fmt.ModelConfig("detector", dict(model.config), operating, training)
     if kind == "purifier":
@@ -57,6 +60,26 @@ def model_config(kind: str, model, settings: dict, training: dict, hospitals: li
                      "ddim_steps": int(settings["ddim-steps"])}
         return fmt.ModelConfig("purifier", {}, operating, training)
     raise ValueError(kind)
+
+
+def apply_threshold_rule(calibration: dict, rule: str, target_fpr: float) -> dict:
+    """Each hospital's published threshold under `rule` (own | own-or-pooled); the t* scale follows it."""
+    if rule == "own":
+        return calibration
+    if rule != "own-or-pooled":
+        raise ValueError(f"unknown threshold-rule {rule!r}; choose own or own-or-pooled")
+    grids = {h: (c["grid"], c["val-n"]) for h, c in calibration.items() if "grid" in c}
+    if not grids:
+        return calibration
+    pooled = detector.pooled_threshold(grids, target_fpr)
+    out = {}
+    for h, c in calibration.items():
+        own = float(c["threshold"])
+        threshold = max(own, pooled)
+        median = float(np.median(c["grid"])) if "grid" in c else own - float(c["scale"])
+        out[h] = {**c, "own-threshold": own, "pooled-threshold": pooled, "threshold": threshold,
+                  "scale": max(threshold - median, 1e-6)}
+    return out
 
 
 def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: list[Message], summary: dict) -> None:
@@ -87,6 +110,7 @@ def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: l
             record = reply.content.metric_records.get("calibration")
             if record is not None:
                 calibration[str(_hospital_of(reply))] = {k: record[k] for k in record.keys()}
+        calibration = apply_threshold_rule(calibration, str(settings["threshold-rule"]), float(settings["target-fpr"]))
         fmt.save_model(out_dir, dict(model.state_dict()),
                        model_config(kind, model, settings, training, calibration=calibration))
     elif kind == "purifier":

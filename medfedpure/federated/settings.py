@@ -46,6 +46,9 @@ PER_MODEL = {
         "target-fpr": 0.05, "score-repeats": 1, "score": "background_highpass", "score-mask-ratio": 0.5,  # see reports/detector_statistics.md
         "score-norms": "",    # a summed score "a+b": "a=0.01,b=0.002", each part's median on clean val scans
         "calibration-scans": "train+val",  # val | train+val (model-free statistics only; see task.calibration_scans)
+        # own: each hospital's threshold from its own scans | own-or-pooled: the larger of that and the threshold
+        # of all hospitals' scans pooled (from their published quantiles; see detector.pooled_threshold)
+        "threshold-rule": "own-or-pooled",
         "model-config": {"arch": "conv", "image_size": 128, "patch_size": 8, "width": 16, "levels": 3,
                          "mask_ratio": 0.5, "train_mask_ratios": [0.25, 0.75]},
     },

@@ -118,4 +118,6 @@ def calibrate_hospital(mae: MaskedAutoencoder, scans: torch.Tensor, cfg: dict, d
         "scale": max(threshold - median, 1e-6),
         "val-n": int(len(scores)),  # scans it was calibrated on (see calibration-scans)
         "quantiles": [float(q) for q in np.quantile(scores, np.linspace(0, 1, 21))],
+        # finer, for the server's pooled threshold (detector.pooled_threshold): a summary, not the scores
+        "grid": [float(q) for q in np.quantile(scores, np.linspace(0, 1, detector.QUANTILE_GRID))],
     }
