@@ -63,9 +63,11 @@ class OodCheck:
         return torch.stack(ratios).max(0).values
 
     @torch.no_grad()
-    def check(self, classifier, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """-> (in_distribution bool (N,), score (N,)); a flat frame is out of distribution whatever its score."""
-        s = self.scores(trunk_features(classifier, x)).numpy()
+    def check(self, classifier, x: torch.Tensor, feats: dict[str, torch.Tensor] | None = None):
+        """-> (in_distribution bool (N,), score (N,)); a flat frame is out of distribution whatever its score.
+        `feats`: the scans' `trunk_features` when the caller already has them (one trunk pass for everything)."""
+        feats = trunk_features(classifier, x) if feats is None else {k: v.float().cpu() for k, v in feats.items()}
+        s = self.scores(feats).numpy()
         flat = (x.flatten(1).std(dim=1) < FLAT_STD).cpu().numpy()
         return (s <= self.threshold) & ~flat, s
 

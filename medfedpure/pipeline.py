@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medfedpure import checkpoint_format, detector
@@ -219,9 +220,13 @@ class MedFedPure:
         timings = {}
         clock = _Clock(self.device)
         model = self.classifier_for(hospital)
-        probs = model(x).exp()
+        if self.classifier.trunk is not None:  # decision, tumour type and OOD features from one trunk pass
+            logp, type_logits, feats = self.classifier.mixture_type_and_features(x, model.gate)
+        else:
+            logp, type_logits, feats = model(x), None, None
+        probs = logp.exp()
         timings["classify"] = clock.lap()
-        ood = self.ood.check(self.classifier, x) if self.ood is not None else None
+        ood = self.ood.check(self.classifier, x, feats) if self.ood is not None else None
         if ood is not None:
             timings["ood"] = clock.lap()
         recon, err, score = self.detect(x)
@@ -238,7 +243,10 @@ class MedFedPure:
             probs_after = probs.clone()
             probs_after[todo] = model(purified[todo]).exp()
             timings["classify_purified"] = clock.lap()
-        type_probs = self.tumour_type_probabilities(purified if purified is not None else x, hospital)
+        if purified is not None or type_logits is None:
+            type_probs = self.tumour_type_probabilities(purified if purified is not None else x, hospital)
+        else:
+            type_probs = F.softmax(type_logits, dim=1) if self.tumour_types else None
         n = x.shape[0]
         total = sum(timings.values())
         results = []

@@ -156,7 +156,21 @@ class MixtureOfExpertsClassifier(nn.Module):
     def mixture_and_type(self, x: torch.Tensor, gate: Gate | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """-> (decision log-probabilities (N, C), tumour-type logits (N, T) or None), from one trunk pass."""
         z = self.normalise(x)
-        h = self.trunk(z) if self.trunk is not None else z
+        return self._heads(z, self.trunk(z) if self.trunk is not None else z, gate)
+
+    def mixture_type_and_features(self, x: torch.Tensor, gate: Gate | None):
+        """-> (log-probabilities, tumour-type logits or None, {"layer2", "trunk"} features of the OOD check),
+        all from one trunk pass (the analysis of a scan needs the three; three passes cost ~20 ms on a CPU)."""
+        if self.trunk is None:
+            raise ValueError("the OOD features need a shared trunk (expert_type='head')")
+        z = self.normalise(x)
+        t = self.trunk
+        low = t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(z))))))
+        h = t.avgpool(t.layer4(t.layer3(low))).flatten(1)
+        logp, types = self._heads(z, h, gate)
+        return logp, types, {"layer2": torch.cat([low.mean((2, 3)), low.flatten(2).std(2)], 1), "trunk": h}
+
+    def _heads(self, z: torch.Tensor, h: torch.Tensor, gate: Gate | None):
         expert_logp = torch.stack([F.log_softmax(e(h), dim=1) for e in self.experts], dim=1)  # (N, K, C)
         types = self.type_head(h) if self.type_head is not None else None
         if gate is None:
