@@ -58,6 +58,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--margin", type=float, default=d.margin, help="adaptive: push the score under margin x threshold")
     p.add_argument("--gradient", choices=["full", "bpda"], default=d.gradient,
                    help="adaptive: back-propagate through the purifier, or BPDA (identity gradient)")
+    p.add_argument("--loss", choices=["ce", "margin"], default=d.loss, help="adaptive: attack loss")
+    p.add_argument("--restarts", type=int, default=d.restarts,
+                   help="adaptive: restarts for the scans not yet fooled")
+    p.add_argument("--known-seed", action="store_true",
+                   help="adaptive: the attacker knows the defence's purifier noise (its first seed; use --repeats 1)")
     p.add_argument("--through", choices=_values([Purify.ALWAYS, Purify.FLAGGED]), default=d.through,
                    help="adaptive: purification mode the attack differentiates through")
     p.add_argument("--transfer-from", default=d.transfer_from, metavar="SOURCE",
@@ -121,7 +126,8 @@ def run(args) -> int:
             pairs=args.pairs, ablations=args.ablations, transfer_from=args.transfer_from,
             batch_size=args.batch_size, adaptive_batch_size=args.adaptive_batch_size,
             eps_l2=parse_number(args.eps_l2), cw_c=args.cw_c, cw_steps=args.cw_steps, eot=args.eot, lam=args.lam,
-            margin=args.margin, gradient=args.gradient, through=args.through, progress=not args.quiet)
+            margin=args.margin, gradient=args.gradient, through=args.through, loss=args.loss,
+            restarts=args.restarts, known_seed=args.known_seed, progress=not args.quiet)
         settings.validate()
         pipe = MedFedPure.from_pretrained(args.model, revision=args.revision, device=args.device)
         if args.classifier:

@@ -53,7 +53,8 @@ def _build_attack(pipe, settings: EvalSettings, spec: PlannedAttack, h: int, sou
                   eot=settings.eot, lam=settings.lam, margin=settings.margin, evade_weight=settings.evade_weight,
                   gradient=settings.gradient, through=settings.through)
     if spec.name == AttackName.ADAPTIVE:
-        return make_attack(spec.name.value, pipe=pipe, hospital=h, **common)
+        return make_attack(spec.name.value, pipe=pipe, hospital=h, loss=settings.loss, restarts=settings.restarts,
+                           known_noise_seed=settings.seed if settings.known_seed else None, **common)
     if spec.name == AttackName.EOTPGD:
         target = pipe.defended(h, Purify.ALWAYS)  # generator None: fresh purifier noise on every call (EOT)
         return make_attack(spec.name.value, target, **common)
@@ -64,7 +65,8 @@ def _build_attack(pipe, settings: EvalSettings, spec: PlannedAttack, h: int, sou
 def _target_text(name: str, settings: EvalSettings) -> str:
     if name == AttackName.ADAPTIVE:
         grads = "BPDA" if settings.gradient == "bpda" else "full gradients"
-        return f"whole defence (MAE score + purifier, EOT, {grads})"
+        noise = "purifier noise known" if settings.known_seed else "EOT"
+        return f"whole defence (MAE score + purifier, {noise}, {grads}, {settings.loss} loss)"
     if name == AttackName.EOTPGD:
         return "defended classifier, purify always (EOT over purifier noise)"
     if settings.transfer_from:

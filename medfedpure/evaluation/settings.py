@@ -90,6 +90,9 @@ class EvalSettings:
     evade_weight: float = 1.0
     gradient: str = "full"               # adaptive: full | bpda
     through: str = "always"              # adaptive: the purify mode it differentiates through
+    loss: str = "ce"                     # adaptive: ce | margin (CW-style logit margin, stronger near the boundary)
+    restarts: int = 1                    # adaptive: fresh restarts for the scans not yet fooled
+    known_seed: bool = False             # adaptive: the attacker knows the defence's purifier noise (first seed)
     progress: bool = True
 
     def __post_init__(self):
