@@ -71,6 +71,23 @@ def _calibration_scans_phrase(det: dict) -> str:
     return "each hospital's own clean validation scans"
 
 
+def _purifier_init_phrase(t_pur: dict) -> str:
+    start = t_pur.get("warm_start")
+    if not start:
+        return ""
+    return (f", fine-tuned from a DDPM trained on {start.get('crop', 64)}-px crops at t < {start.get('max-timestep')} "
+            f"({start.get('num-rounds')} rounds x {start.get('local-epochs')} local epochs, {start.get('train_seconds')} s); "
+            f"total compute {t_pur.get('total_train_seconds')} s")
+
+
+def _rule_phrase(det: dict) -> str:
+    if det.get("threshold_rule") != "own-or-pooled":
+        return ""
+    pooled = next((c.get("pooled-threshold") for c in det.get("calibration", {}).values()), None)
+    return (", each at least the threshold of all hospitals' clean validation scans pooled from their published "
+            f"quantile grids ({pooled:.4f}; `threshold-rule=own-or-pooled`)" if pooled is not None else "")
+
+
 def _mae_phrase(det: dict) -> str:
     if det.get("arch") == "conv":
         return (f"convolutional MAE (a U-Net of width {det.get('width')}, {det.get('levels')} levels, inpainting hidden "
@@ -258,9 +275,9 @@ hospitals during training; each hospital published its gate once, at release, so
 {_ood_line(clf)}
 - Detector: {_mae_phrase(det)}; score = `{det.get('score')}`{_norms_phrase(det)}
   (see medfedpure/detector.py) over complementary masks at ratio {det.get('score_mask_ratio', det.get('mask_ratio'))}, {det['score_repeats']} set(s) (every patch hidden equally often);
-  per-hospital thresholds at {100 * det['target_fpr']:.0f}% false positives on {_calibration_scans_phrase(det)}
+  per-hospital thresholds at {100 * det['target_fpr']:.0f}% false positives on {_calibration_scans_phrase(det)}{_rule_phrase(det)}
   ({thresholds}).
-- Purifier: DDPM, linear betas 1e-4 to 2e-2, T = 1000, trained on 64-px crops at t < {t_pur.get('max-timestep')};
+- Purifier: DDPM, linear betas 1e-4 to 2e-2, T = 1000, trained on {t_pur.get('crop', 64)}-px crops at t < {t_pur.get('max-timestep')}{_purifier_init_phrase(t_pur)};
   purification diffuses to t* in [{pur['t_min']}, {pur['t_max']}] (monotone in the anomaly score) and runs
   {pur['ddim_steps']} DDIM steps.
 - Weights are float16 safetensors (loaded as float32); every figure below was measured on them.{br35h_note}

@@ -82,11 +82,24 @@ def apply_threshold_rule(calibration: dict, rule: str, target_fpr: float) -> dic
     return out
 
 
+def _warm_start_provenance(folder: str, kind: str, seconds: float) -> dict:
+    """What a fine-tune continued: the starting run's own training section, and the compute of both together."""
+    try:
+        start = fmt.read_config(folder, "detector" if kind == "mae" else kind).training
+    except (FileNotFoundError, ValueError, KeyError):
+        return {}
+    before = float(start.get("total_train_seconds", start.get("train_seconds", 0.0)) or 0.0)
+    return {"warm_start": {k: v for k, v in start.items() if k != "warm_start"},
+            "total_train_seconds": round(before + float(seconds), 1)}
+
+
 def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: list[Message], summary: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     # A run started by older code lacks the settings added since: they take their defaults (their old behaviour).
     settings = {**run_settings.resolve(kind), **settings}
     training = training_provenance(settings, summary["train_seconds"])
+    if settings["init-from"] and int(settings["num-rounds"]) > 0:
+        training = {**training, **_warm_start_provenance(settings["init-from"], kind, training["train_seconds"])}
     if int(settings["num-rounds"]) == 0 and settings["init-from"]:
         # A calibration-only run: the weights (and how they were trained) are the init-from run's.
         source = fmt.read_config(settings["init-from"], "detector" if kind == "mae" else kind)
