@@ -116,3 +116,14 @@ def test_a_runs_settings_become_the_sections():
     cfg = model_config("mae", mae, settings, training_provenance(settings, 1.0), calibration={"1": {}, "0": {}})
     assert cfg.model_args == mae.config and list(cfg.operating["calibration"]) == ["0", "1"]
     assert cfg.operating["score"] == settings["score"] and "score" not in cfg.training
+
+
+def test_a_fine_tune_records_what_it_continued_and_the_total_compute():
+    from medfedpure.federated.checkpoint import _warm_start_provenance
+
+    start = fmt.read_config(ROOT / "pretrained" / "purifier", "purifier").training
+    got = _warm_start_provenance(str(ROOT / "pretrained" / "purifier"), "purifier", 100.0)
+    before = float(start.get("total_train_seconds", start["train_seconds"]))
+    assert got["total_train_seconds"] == round(before + 100.0, 1)
+    assert got["warm_start"]["crop"] == start["crop"] and "warm_start" not in got["warm_start"]
+    assert _warm_start_provenance(str(ROOT / "no-such-run"), "purifier", 1.0) == {}
