@@ -116,10 +116,6 @@ def test_analyze_cli_json_and_exit_codes(model_dir, tmp_path, capsys):
 
 
 @pytest.mark.skipif(not REAL, reason="needs the bundled checkpoints")
-@pytest.mark.xfail(strict=True, reason="known (issue 13): on the multi-source test split the shipped score's thresholds "
-                   "(mean_abs_error + background_highpass, calibrated on each hospital's validation scans) flag 8.4% "
-                   "of all clean test scans on average and 32% at hospital 9 (TCGA HT), whose threshold was set on "
-                   "its own darker, smoother FLAIR scans only")
 def test_shipped_thresholds_keep_false_positives_on_clean_test_scans_near_target(pipe, br35h_dir):
     """The detector's quality bar, through the pipeline's own scoring: at most 5% of clean test scans flagged
     (mean over the hospitals' thresholds), and no hospital far off its 5% target."""
@@ -131,4 +127,4 @@ def test_shipped_thresholds_keep_false_positives_on_clean_test_scans_near_target
         scores = torch.cat([pipe.detect(x[i:i + 100])[2] for i in range(0, len(x), 100)]).numpy()
     fprs = [float((scores > pipe.threshold(h)).mean()) for h in pipe.hospitals]
     assert np.mean(fprs) <= 0.05, fprs
-    assert max(fprs) <= 0.15, fprs
+    assert max(fprs) <= 0.07, fprs  # measured: 3.2% on average, 4.5% at worst (own-or-pooled thresholds)
