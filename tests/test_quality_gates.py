@@ -23,7 +23,13 @@ DEPTHS = (40, 80, 160)           # t_min, a middle depth, t_max of the shipped p
 pytestmark = pytest.mark.slow
 
 # (gate, t) pairs the shipped models miss, with the numbers of reports/generative_gates.md.
-KNOWN_MISSES: dict[tuple[str, int], str] = {}
+_CLEAN = "clean 81.2% on these 128 validation scans"
+KNOWN_MISSES: dict[tuple[str, int], str] = {
+    ("within_1_point", 40): f"purified 79.7% at t=40, {_CLEAN}",
+    ("at_least_noised", 80): "purified 79.7% at t=80 against 82.0% on the noised x_t",
+    ("within_1_point", 80): f"purified 79.7% at t=80, {_CLEAN}",
+    ("within_1_point", 160): f"purified 75.0% at t=160, {_CLEAN}",
+}
 
 
 @pytest.fixture(scope="module")
