@@ -115,6 +115,17 @@ def _init_note(path) -> str:
     return ""
 
 
+def _fine_tune_note(training: dict) -> str:
+    start = training.get("warm_start")
+    if not start:
+        return ""
+    gates = ", each hospital from its own gate" if training.get("init-gates") else ""
+    return (f" (a fine-tune{gates}; the shipped one read purified copies of its training scans too, see the "
+            f"README's Train section; the run it continued: {start.get('num-rounds')} "
+            f"rounds x {start.get('local-epochs')} local epochs, {start.get('train_seconds')} s; total compute "
+            f"{training.get('total_train_seconds')} s)")
+
+
 def _portable(path) -> str:
     """A run folder as the card shows it: relative paths as they are, absolute ones by their last three parts."""
     if not path:
@@ -270,7 +281,7 @@ adversarial-scan detector and DDPM purifier, trained with Flower. Reimplementati
 non-finite or >10x-scaled updates rejected. Classifier: class balance `{t_clf.get('class-balance', 'none')}`{
 ' (each hospital draws its scans so that both classes, and every source within a class, count equally)' if t_clf.get('class-balance') == 'sampled' else ''},
 augmentation `{t_clf.get('augmentation', 'mild')}`, input normalisation `{clf.get('input_norm', 'dataset')}`{
-f", warm start from `{_portable(t_clf.get('init-from'))}`{_init_note(t_clf.get('init-from'))}" if t_clf.get('init-from') else ''}. The classifier's gates never left the
+f", warm start from `{_portable(t_clf.get('init-from'))}`{_init_note(t_clf.get('init-from'))}{_fine_tune_note(t_clf)}" if t_clf.get('init-from') else ''}. The classifier's gates never left the
 hospitals during training; each hospital published its gate once, at release, so the demo can offer its model.
 {_ood_line(clf)}
 - Detector: {_mae_phrase(det)}; score = `{det.get('score')}`{_norms_phrase(det)}
