@@ -194,6 +194,11 @@ def calibrate_threshold(clean_scores: np.ndarray, target_fpr: float = 0.05) -> f
 QUANTILE_GRID = 101  # quantiles a hospital publishes of its clean scores (1% steps): enough for a pooled 95%
 
 
+def quantile_grid(scores: np.ndarray) -> list[float]:
+    """The summary of a hospital's clean scores that `pooled_threshold` reads: QUANTILE_GRID evenly spaced quantiles."""
+    return [float(q) for q in np.quantile(np.asarray(scores, dtype=np.float64), np.linspace(0, 1, QUANTILE_GRID))]
+
+
 def pooled_threshold(grids: dict, target_fpr: float = 0.05) -> float:
     """The score that at most `target_fpr` of all hospitals' clean calibration scans together exceed.
 

@@ -31,13 +31,10 @@ def trunk_features(classifier, x: torch.Tensor, batch_size: int = 128) -> dict[s
     noise and synthetic patterns), "trunk": (N, F) the trunk's output (content)}; the gate is not involved."""
     classifier.eval()
     low, high = [], []
-    t = classifier.trunk
     for i in range(0, len(x), batch_size):
-        z = classifier.normalise(x[i:i + batch_size])
-        h = t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(z))))))
-        low.append(torch.cat([h.mean((2, 3)), h.flatten(2).std(2)], 1).float().cpu())
-        h = t.avgpool(t.layer4(t.layer3(h))).flatten(1)
-        high.append(h.float().cpu())
+        feats = classifier.trunk_features(classifier.normalise(x[i:i + batch_size]))
+        low.append(feats["layer2"].float().cpu())
+        high.append(feats["trunk"].float().cpu())
     return {"layer2": torch.cat(low), "trunk": torch.cat(high)}
 
 

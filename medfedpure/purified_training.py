@@ -23,15 +23,12 @@ import torch
 
 from medfedpure.attacks import make_attack
 from medfedpure.data import Cache
+from medfedpure.io import to_uint8
 
 __all__ = ["EPS_CHOICES", "purified_rows", "extend_cache", "PREFIXES"]
 
 EPS_CHOICES = (0.015, 8 / 255)  # the paper protocol's eps and the common 8/255
 PREFIXES = ("purified-clean:", "purified-pgd:")
-
-
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return (x[:, 0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def purified_rows(pipe, cache: Cache, per_hospital: int, *, seed: int = 0, pgd_steps: int = 10,
@@ -60,7 +57,7 @@ def purified_rows(pipe, cache: Cache, per_hospital: int, *, seed: int = 0, pgd_s
                     score = pipe.detect(images)[2]
                     t_star = pipe.t_star(score, hospital, purify="always")
                     purified = pipe.purify(images, t_star, seed=batch_seed)
-                parts.append({"images": _to_uint8(purified), "rows": idx, "prefix": prefix})
+                parts.append({"images": to_uint8(purified[:, 0].numpy()), "rows": idx, "prefix": prefix})
             if progress is not None:
                 progress(hospital, start + len(idx), len(rows))
     return _rows_cache(cache, parts)

@@ -28,8 +28,7 @@ def rule_thresholds(scores: np.ndarray, hospital: np.ndarray, fpr: float) -> dic
     from medfedpure import detector
 
     hospitals = sorted(np.unique(hospital).tolist())
-    grids = {h: (np.quantile(scores[hospital == h], np.linspace(0, 1, detector.QUANTILE_GRID)),
-                 int((hospital == h).sum())) for h in hospitals}
+    grids = {h: (detector.quantile_grid(scores[hospital == h]), int((hospital == h).sum())) for h in hospitals}
     pooled = detector.pooled_threshold(grids, fpr)
     own = {h: float(np.quantile(scores[hospital == h], 1 - fpr)) for h in hospitals}
     conformal = {h: detector.calibrate_threshold(scores[hospital == h], fpr) for h in hospitals}

@@ -119,5 +119,5 @@ def calibrate_hospital(mae: MaskedAutoencoder, scans: torch.Tensor, cfg: dict, d
         "val-n": int(len(scores)),  # scans it was calibrated on (see calibration-scans)
         "quantiles": [float(q) for q in np.quantile(scores, np.linspace(0, 1, 21))],
         # finer, for the server's pooled threshold (detector.pooled_threshold): a summary, not the scores
-        "grid": [float(q) for q in np.quantile(scores, np.linspace(0, 1, detector.QUANTILE_GRID))],
+        "grid": detector.quantile_grid(scores),
     }
