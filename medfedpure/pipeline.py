@@ -191,6 +191,14 @@ class MedFedPure:
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         return self.purifier.purify(x, t_star, steps=self.ddim_steps, generator=gen)
 
+    def use_purifier(self, folder: str | Path) -> None:
+        """Replace the purifier by the one in `folder` (diffusers layout), with its own operating settings
+        (t_min, t_max, DDIM steps): a candidate purifier is gated or used exactly as it would ship."""
+        purifier, operating = load_purifier(Path(folder))
+        self.purifier = purifier.to(self.device).eval().requires_grad_(False)
+        self.t_min, self.t_max = int(operating["t_min"]), int(operating["t_max"])
+        self.ddim_steps = int(operating["ddim_steps"])
+
     def defended(self, hospital: int, purify: str = "flagged") -> DefendedClassifier:
         return DefendedClassifier(self, self._check_hospital(hospital), purify)
 

@@ -65,9 +65,7 @@ def main() -> int:
 
         pipe.mae = load_mae(Path(args.mae))[0].eval()
     if args.purifier:
-        from medfedpure.pipeline import load_purifier
-
-        pipe.purifier = load_purifier(Path(args.purifier))[0].eval()
+        pipe.use_purifier(args.purifier)
     scans = load_scans(args.data, "val", Path(pipe.source.path) / "split.csv")
     keep = _stratified_pick(scans.labels, args.limit, 0)
     x = scans.tensor(keep)

@@ -22,7 +22,13 @@
 #   FEDAVG           FedAvg baseline classifier (default pretrained/baselines/fedavg; skipped when absent)
 #   ROUND_PLOT       accuracy-per-round plot to copy (default pretrained/classifier/accuracy_per_round.png)
 #   DEVICE, THREADS  passed to evaluate (--device, --threads)
-#   ONLY             space-separated run names to run (default: all); the others are left out of the report
+#   ONLY             space-separated run names to run (default: all but the strong runs); the runs not named
+#                    keep the folders they had, and the report reads every run folder there is
+#   STRONG_LIMIT     scans of the strong adaptive runs (default 200). They run only when ONLY names them:
+#                    adaptive-strong (100 steps, EOT 10, margin loss, 2 restarts, at 0.015 and 8/255) and
+#                    adaptive-known-seed (the same attacker knowing the purifier's noise: no EOT needed). Hours
+#                    on a CPU: each keeps its adversarial batches under .cache/attacks/<name>, so rerunning the
+#                    same command after a stop continues where it stopped (ATTACK_CACHE sets that folder).
 #   SPLIT_CSV        split CSV (default: split.csv beside the model)
 #   QUICK=1          plumbing check only: 2 attack steps, 5 CW steps, 1 EOT draw (numbers meaningless)
 set -euo pipefail
@@ -43,6 +49,8 @@ ADAPTIVE_SWEEP_EOT=${ADAPTIVE_SWEEP_EOT:-2}
 EOT=${EOT:-2}
 CW_STEPS=${CW_STEPS:-30}
 FEDAVG=${FEDAVG:-pretrained/baselines/fedavg}
+STRONG_LIMIT=${STRONG_LIMIT:-200}
+ATTACK_CACHE=${ATTACK_CACHE:-.cache/attacks}
 ROUND_PLOT=${ROUND_PLOT:-pretrained/classifier/accuracy_per_round.png}
 
 PAPER_STEPS=7; STEPS_8=10; SWEEP_STEPS=10
@@ -62,14 +70,19 @@ ablation_limit=(--limit "$ABLATION_LIMIT")
 start=$(date +%s)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 mkdir -p "$OUT/runs"
-for name in paper ablations pgd-8-255 attacks sweep adaptive adaptive-sweep adaptive-bpda transfer fedavg; do
-  rm -rf "${OUT:?}/runs/$name"  # no stale run survives a regeneration
+STRONG_RUNS="adaptive-strong adaptive-known-seed"
+selected() {  # selected NAME: run NAME? (ONLY names it; without ONLY, every run but the strong ones)
+  if [ -n "${ONLY:-}" ]; then [[ " $ONLY " == *" $1 "* ]]; else [[ " $STRONG_RUNS " != *" $1 "* ]]; fi
+}
+for name in paper ablations pgd-8-255 attacks sweep adaptive adaptive-sweep adaptive-bpda transfer fedavg \
+            $STRONG_RUNS; do
+  if selected "$name"; then rm -rf "${OUT:?}/runs/$name"; fi  # no stale copy of a run that is regenerated
 done
 
 evaluate() {  # evaluate NAME ARGS...
   local name=$1; shift
-  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
-    echo "== $name: skipped (not in ONLY)" >&2
+  if ! selected "$name"; then
+    echo "== $name: skipped (not selected)" >&2
     return 0
   fi
   echo "== $name: evaluate $*" >&2
@@ -108,6 +121,15 @@ if [ -f "$FEDAVG/config.json" ]; then
 else
   echo "== no FedAvg baseline at $FEDAVG: transfer and FedAvg runs skipped" >&2
 fi
+
+# 6b. The strong adaptive attack (only when ONLY names it): resumable through its attack cache.
+STRONG_STEPS=100; STRONG_EOT=10
+[ "${QUICK:-0}" = 1 ] && STRONG_STEPS=2 && STRONG_EOT=1
+strong=(--attack adaptive --eps 0.015,8/255 --step eps/10 --steps "$STRONG_STEPS" --loss margin --restarts 2
+        --pairs "$PAIRS" --limit "$STRONG_LIMIT" --adaptive-batch-size 2)
+evaluate adaptive-strong "${strong[@]}" --eot "$STRONG_EOT" --attack-cache "$ATTACK_CACHE/adaptive-strong"
+evaluate adaptive-known-seed "${strong[@]}" --eot 1 --known-seed --repeats 1 \
+  --attack-cache "$ATTACK_CACHE/adaptive-known-seed"
 
 # 7. Personalised vs FedAvg (vs local-only) on the hospitals' own held-out scans and the test split, from the
 #    training records shipped beside the checkpoints.

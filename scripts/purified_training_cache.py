@@ -24,7 +24,7 @@ def main() -> int:
     import torch
 
     from medfedpure.data import load_cache, save_cache
-    from medfedpure.pipeline import MedFedPure, load_purifier
+    from medfedpure.pipeline import MedFedPure
     from medfedpure.purified_training import extend_cache, purified_rows
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,9 +40,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     pipe = MedFedPure.from_pretrained(args.model, device="cpu")
     if args.purifier:
-        purifier, operating = load_purifier(Path(args.purifier))
-        pipe.purifier = purifier.eval().requires_grad_(False)
-        pipe.t_min, pipe.t_max, pipe.ddim_steps = (int(operating[k]) for k in ("t_min", "t_max", "ddim_steps"))
+        pipe.use_purifier(args.purifier)
     cache = load_cache(args.cache)
     started = time.time()
 

@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -203,6 +204,41 @@ def test_defended_prediction_does_not_depend_on_the_batch(tiny_pipe, example_sca
     assert base["robust_accuracy_undefended"] is None  # no attack: no robust figures
 
 
+
+def test_a_stopped_attack_run_resumes_from_its_stored_batches_with_the_same_figures(tiny_pipe, example_scans,
+                                                                                  tmp_path, monkeypatch):
+    settings = dict(attacks=["pgd"], steps=2, batch_size=4, progress=False, attack_cache=str(tmp_path / "adv"))
+    first = evaluate(tiny_pipe, example_scans, EvalSettings(**settings))
+    assert first["attack_cache"] == {"batches_loaded": 0, "batches_made": 4}  # 2 hospitals x 2 batches
+    names = sorted(p.name for p in (tmp_path / "adv").iterdir())
+    assert len(names) == 4 and all(re.fullmatch(r"[0-9a-f]{32}\.npy", n) for n in names)  # no scan names
+
+    # A run stopped after one batch leaves that batch behind; the rerun makes only the missing ones.
+    for extra in names[1:]:
+        (tmp_path / "adv" / extra).unlink()
+    calls = []
+    real = evaluation_run.make_attack
+
+    def counting(name, *args, **kwargs):
+        attack = real(name, *args, **kwargs)
+
+        def wrapped(x, y, key=None):
+            calls.append(key)
+            return attack(x, y, key=key)
+        wrapped.settings = attack.settings
+        return wrapped
+
+    monkeypatch.setattr(evaluation_run, "make_attack", counting)
+    resumed = evaluate(tiny_pipe, example_scans, EvalSettings(**settings))
+    assert len(calls) == 3 and resumed["attack_cache"] == {"batches_loaded": 1, "batches_made": 3}
+    for key in ("robust_accuracy_undefended", "robust_accuracy_defended", "detection_auroc", "true_positive_rate"):
+        assert resumed[key] == first[key], key
+
+    # Other attack settings never read those batches.
+    calls.clear()
+    other = evaluate(tiny_pipe, example_scans, EvalSettings(**{**settings, "steps": 3}))
+    assert len(calls) == 4 and other["attack_cache"]["batches_loaded"] == 0
+
 # --------------------------------------------------------------------------------------------- results.json keys
 RESULTS_KEYS = REPO_ROOT / "tests" / "results_keys.json"
 KEY_RUNS = {  # run name -> settings; "full" computes every optional figure, "plain" none of them
@@ -303,6 +339,27 @@ def test_make_report_script_end_to_end(tiny_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "REPORT.md").is_file() and (out / "roc.png").is_file()
     assert (out / "runs" / "adaptive" / "results.json").is_file()
+
+
+
+@pytest.mark.slow
+def test_make_report_runs_a_strong_run_only_when_named_and_resumes_it(tiny_ckpt, tmp_path):
+    out, cache = tmp_path / "reports", tmp_path / "attacks"
+    kept = out / "runs" / "paper"
+    kept.mkdir(parents=True)
+    (kept / "results.json").write_text("{}")  # a run not named in ONLY keeps its folder
+    env = {**os.environ, "MODEL": str(tiny_ckpt), "DATA": str(EXAMPLES), "STRONG_LIMIT": "2", "QUICK": "1",
+           "DEVICE": "cpu", "ONLY": "adaptive-known-seed", "ATTACK_CACHE": str(cache)}
+    for attempt in range(2):
+        proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "make_report.sh"), str(out)], cwd=REPO_ROOT,
+                              env=env, capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        res = json.loads((out / "runs" / "adaptive-known-seed" / "results.json").read_text())
+        made = res["attack_cache"]["batches_made"]
+        assert (made > 0) if attempt == 0 else (made == 0 and res["attack_cache"]["batches_loaded"] > 0)
+    assert res["settings"]["known_seed"] and res["settings"]["loss"] == "margin" and res["settings"]["restarts"] == 2
+    assert (kept / "results.json").read_text() == "{}"
+    assert not (out / "runs" / "adaptive-strong").exists()
 
 
 def test_type_predictions_of_a_classifier_with_a_type_head():

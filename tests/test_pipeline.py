@@ -66,6 +66,22 @@ def test_purify_always_and_never(pipe, scans):
     assert all(r.purified is None and r.final_probabilities == r.probabilities for r in never)
 
 
+
+def test_a_purifier_swapped_in_brings_its_own_operating_settings(model_dir, tmp_path, scans):
+    import shutil
+
+    candidate = tmp_path / "purifier"
+    shutil.copytree(model_dir / "purifier", candidate)
+    spec = json.loads((candidate / "purification.json").read_text())
+    spec["operating"] = {**spec["operating"], "t_min": 10, "t_max": 20, "ddim_steps": 1}
+    (candidate / "purification.json").write_text(json.dumps(spec))
+    swapped = MedFedPure.from_pretrained(str(model_dir), device="cpu")
+    swapped.use_purifier(candidate)
+    assert (swapped.t_min, swapped.t_max, swapped.ddim_steps) == (10, 20, 1)
+    assert not any(p.requires_grad for p in swapped.purifier.parameters()) and not swapped.purifier.training
+    r = swapped.analyze(scans[:1], hospital=swapped.hospitals[0], purify="always")[0]
+    assert 10 <= r.t_star <= 20
+
 def test_hospitals_have_their_own_models_and_thresholds(pipe, scans):
     assert len(pipe.hospitals) >= 2
     a, b = pipe.hospitals[:2]

@@ -61,6 +61,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--loss", choices=["ce", "margin"], default=d.loss, help="adaptive: attack loss")
     p.add_argument("--restarts", type=int, default=d.restarts,
                    help="adaptive: restarts for the scans not yet fooled")
+    p.add_argument("--attack-cache", default=d.attack_cache, metavar="DIR",
+                   help="keep each batch of adversarial scans in DIR; rerun the same command after a stop and it "
+                        "continues from the batches already made (same settings and weights; same figures)")
     p.add_argument("--known-seed", action="store_true",
                    help="adaptive: the attacker knows the defence's purifier noise (its first seed; use --repeats 1)")
     p.add_argument("--through", choices=_values([Purify.ALWAYS, Purify.FLAGGED]), default=d.through,
@@ -127,7 +130,8 @@ def run(args) -> int:
             batch_size=args.batch_size, adaptive_batch_size=args.adaptive_batch_size,
             eps_l2=parse_number(args.eps_l2), cw_c=args.cw_c, cw_steps=args.cw_steps, eot=args.eot, lam=args.lam,
             margin=args.margin, gradient=args.gradient, through=args.through, loss=args.loss,
-            restarts=args.restarts, known_seed=args.known_seed, progress=not args.quiet)
+            restarts=args.restarts, known_seed=args.known_seed, attack_cache=args.attack_cache,
+            progress=not args.quiet)
         settings.validate()
         pipe = MedFedPure.from_pretrained(args.model, revision=args.revision, device=args.device)
         if args.classifier:

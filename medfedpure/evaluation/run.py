@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from medfedpure.attacks import load_source_classifier, make_attack, perturbation_norms
+from medfedpure.evaluation.attack_store import AttackStore, weights_digest
 from medfedpure.evaluation.defence import _Defence, _type_predictions, ablation_t_stars, defence_info
 from medfedpure.evaluation.metrics import (ATTACK, CLEAN, AttackMetrics, CleanMetrics, DetectAndReject, Spread,
                                            Variant, accuracy, aggregate, auroc, decision_metrics, record, roc_curve)
@@ -112,6 +113,8 @@ class _Run:
         self.defence = _Defence(pipe, settings.batch_size)
         self.source = load_source_classifier(settings.transfer_from, pipe.device) if settings.transfer_from else None
         self.attacks = [_AttackRun(spec) for spec in _attack_plan(settings)]
+        self.store = (AttackStore(settings.attack_cache, weights_digest(pipe, self.source))
+                      if settings.attack_cache else None)
         self.clean: dict[int, CleanMetrics] = {}
         self.clean_preds: dict[int, tuple] = {}
         self.timings: dict[str, float] = {}
@@ -202,11 +205,17 @@ def _attack(run: _Run, clean: _Scored, spec: PlannedAttack) -> tuple[torch.Tenso
     """The adversarial scans of hospital h (batched; a batch's key fixes its attack noise) and the settings."""
     attack = _build_attack(run.pipe, run.settings, spec, clean.h, run.source)
     bs = run.settings.adaptive_batch_size if spec.name in DEFENCE_ATTACKS else run.settings.batch_size
-    advs = []
+    advs, store = [], run.store
     for i in range(0, len(clean.x), bs):
         key = (clean.h, tuple(clean.names[i:i + bs]))
-        advs.append(attack(clean.x[i:i + bs], clean.y[i:i + bs], key=key).to(run.pipe.device))
-        run.progress.update(min(bs, len(clean.x) - i), f"{spec.label} h{clean.h}")
+        x = clean.x[i:i + bs]
+        adv = store.load(attack.settings(), key, tuple(x.shape)) if store is not None else None
+        if adv is None:
+            adv = attack(x, clean.y[i:i + bs], key=key)
+            if store is not None:
+                store.save(attack.settings(), key, adv)
+        advs.append(adv.to(run.pipe.device))
+        run.progress.update(len(x), f"{spec.label} h{clean.h}")
     return torch.cat(advs), attack.settings()
 
 
@@ -317,11 +326,13 @@ def _results(run: _Run) -> dict:
         "clean": clean, "attacks": attacks_out, "ablations": _ablations(clean, attacks_out, settings),
         "per_hospital": _per_hospital(run, attacks_out),
         "defence": defence_info(pipe, settings, run.pairs),
-        "settings": {k: (_relative(v) if k == "transfer_from" and v else v)
+        "settings": {k: (_relative(v) if k in ("transfer_from", "attack_cache") and v else v)
                      for k, v in asdict(settings).items() if k != "progress"},
         "seeds": {"attack": settings.seed, "purifier": run.seeds, "subset": settings.seed, "pairs": settings.seed},
         "timings_s": run.timings, "seconds_per_pair": round(total / max(run.n_pairs, 1), 4),
         "purifications": run.defence.purified_count,
+        "attack_cache": ({"batches_loaded": run.store.loaded, "batches_made": run.store.saved}
+                         if run.store is not None else None),
         "model": _model_info(pipe, settings), "environment": environment(pipe.device), "git": git_commit(),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

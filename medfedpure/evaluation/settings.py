@@ -93,6 +93,7 @@ class EvalSettings:
     loss: str = "ce"                     # adaptive: ce | margin (CW-style logit margin, stronger near the boundary)
     restarts: int = 1                    # adaptive: fresh restarts for the scans not yet fooled
     known_seed: bool = False             # adaptive: the attacker knows the defence's purifier noise (first seed)
+    attack_cache: str | None = None      # keep each adversarial batch here; a stopped run resumes from them
     progress: bool = True
 
     def __post_init__(self):
