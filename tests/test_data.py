@@ -235,8 +235,8 @@ def test_impossible_minimums_raise():
 def test_split_file_reproducible_and_grouped(synth, tmp_path):
     root, truth = synth
     a = _small_split(root, tmp_path / "a.csv", seed=1)
-    b = _small_split(root, tmp_path / "b.csv", seed=1)
-    c = _small_split(root, tmp_path / "c.csv", seed=2)
+    _small_split(root, tmp_path / "b.csv", seed=1)
+    _small_split(root, tmp_path / "c.csv", seed=2)
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     ja, jb = (tmp_path / "a.json").read_text(), (tmp_path / "b.json").read_text()
     assert ja.replace('"a.csv"', "") == jb.replace('"b.csv"', "")
