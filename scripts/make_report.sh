@@ -29,7 +29,9 @@
 #                    adaptive-known-seed (the same attacker knowing the purifier's noise: no EOT needed). Hours
 #                    on a CPU: each keeps its adversarial batches under .cache/attacks/<name>, so rerunning the
 #                    same command after a stop continues where it stopped (ATTACK_CACHE sets that folder).
+#                    STRONG_BATCH: scans attacked together (default 2, so a stop loses little).
 #   SPLIT_CSV        split CSV (default: split.csv beside the model)
+#   REPORT=0         only the runs, no REPORT.md (e.g. the strong runs alone on another machine)
 #   QUICK=1          plumbing check only: 2 attack steps, 5 CW steps, 1 EOT draw (numbers meaningless)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -126,7 +128,7 @@ fi
 STRONG_STEPS=100; STRONG_EOT=10
 [ "${QUICK:-0}" = 1 ] && STRONG_STEPS=2 && STRONG_EOT=1
 strong=(--attack adaptive --eps 0.015,8/255 --step eps/10 --steps "$STRONG_STEPS" --loss margin --restarts 2
-        --pairs "$PAIRS" --limit "$STRONG_LIMIT" --adaptive-batch-size 2)
+        --pairs "$PAIRS" --limit "$STRONG_LIMIT" --adaptive-batch-size "${STRONG_BATCH:-2}")
 evaluate adaptive-strong "${strong[@]}" --eot "$STRONG_EOT" --attack-cache "$ATTACK_CACHE/adaptive-strong"
 evaluate adaptive-known-seed "${strong[@]}" --eot 1 --known-seed --repeats 1 \
   --attack-cache "$ATTACK_CACHE/adaptive-known-seed"
@@ -138,6 +140,10 @@ if [ -z "${ONLY:-}" ]; then
 fi
 
 wall=$(( $(date +%s) - start ))
+if [ "${REPORT:-1}" = 0 ]; then
+  echo "runs written to $OUT/runs in $wall s (no report: REPORT=0)" >&2
+  exit 0
+fi
 load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 "$PY" -m medfedpure.report --runs "$OUT/runs" --out "$OUT" --round-plot "$ROUND_PLOT" --wall-time "$wall" \
   --machine-note "load average $load_start at the start, $load_end at the end" \
