@@ -30,20 +30,21 @@ def main() -> None:
     ap.add_argument("--runs", default="pretrained", help="runs/ (training output) or pretrained/ (released)")
     ap.add_argument("--out", default="reports/baselines.md")
     args = ap.parse_args()
-    lines = ["# Personalised vs FedAvg vs local-only (same data, rounds and local epochs)", "",
-             "The FedAvg and local-only baselines were trained with the unweighted loss (`--set class-balance=none`).", "",
+    lines = ["# Personalised vs FedAvg vs local-only", "",
              f"Command: `python scripts/baselines_table.py --runs {args.runs}`; figures from each run's "
              "`history.json` (final round). Own held-out = each hospital's own validation scans (mean weighted "
-             "by scans); test = the global test split (600 scans), mean over the 10 hospitals' models.", "",
-             "| model | rounds | own held-out accuracy | test accuracy (mean) | test accuracy (worst hospital) | train time |",
-             "|---|---|---|---|---|---|"]
+             "by scans); test = the global test split, mean over the hospitals' models. Each run's recipe "
+             "(rounds x local epochs, class balance, warm start) is in its row.", "",
+             "| model | rounds x local epochs | class balance | warm start | own held-out accuracy | "
+             "test accuracy (mean) | test accuracy (worst hospital) | test scans | train time |",
+             "|---|---|---|---|---|---|---|---|---|"]
     per_hospital = {}
     summary = {}
     for name, subs in RUNS.items():
         path = next((Path(args.runs) / sub / "history.json" for sub in subs
                      if (Path(args.runs) / sub / "history.json").exists()), None)
         if path is None:
-            lines.append(f"| {name} | not run | | | | |")
+            lines.append(f"| {name} | not run | | | | | | | |")
             continue
         history = json.loads(path.read_text())
         rnd, rows = final_round(history)
@@ -51,8 +52,12 @@ def main() -> None:
         own = sum(r["val-accuracy"] * r["num-examples"] for r in rows) / n
         test = [r["test-accuracy"] for r in rows]
         secs = history["summary"]["train_seconds"]
-        lines.append(f"| {name} | {rnd} | {100 * own:.2f}% | {100 * sum(test) / len(test):.2f}% | "
-                     f"{100 * min(test):.2f}% | {secs / 60:.1f} min |")
+        settings = history["summary"].get("settings", {})
+        epochs = settings.get("local-epochs", "?")
+        start = settings.get("init-from") or "none"
+        lines.append(f"| {name} | {rnd} x {epochs:g} | {settings.get('class-balance', '?')} | {start} | "
+                     f"{100 * own:.2f}% | {100 * sum(test) / len(test):.2f}% | {100 * min(test):.2f}% | "
+                     f"{rows[0].get('test-n', '?')} | {secs / 60:.1f} min |")
         per_hospital[name] = {r["hospital"]: (r["val-accuracy"], r["test-accuracy"]) for r in rows}
         summary[name] = {"own_heldout_accuracy": own, "test_accuracy_mean": sum(test) / len(test),
                          "test_accuracy_min": min(test), "rounds": rnd, "train_seconds": secs}

@@ -78,7 +78,10 @@ class ConvMaskedAutoencoder(nn.Module):
     def forward(self, imgs: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
         """Reconstruct every patch from the visible ones. Returns patches (N, L, p*p) in pixel units."""
         vis = self.visible_mask(keep_idx, imgs.shape[-1] // self.patch_size).to(imgs.dtype)
-        h = self.stem(torch.cat([(imgs * 2 - 1) * vis, vis], dim=1))
+        h = torch.cat([(imgs * 2 - 1) * vis, vis], dim=1)
+        if h.device.type == "cpu":
+            h = h.contiguous(memory_format=torch.channels_last)  # oneDNN's faster convolution layout on CPUs
+        h = self.stem(h)
         skips = []
         for down, enc in zip(self.down, self.enc):
             skips.append(h)
