@@ -31,7 +31,11 @@ from medfedpure.evaluation.metrics import ATTACK, CLEAN, REJECT, VARIANT
 PAPER = {"clean_accuracy": 0.9767, "robust_accuracy_undefended": 0.4950, "robust_accuracy_defended": 0.8733}
 
 RUN_NAMES = ("paper", "ablations", "pgd-8-255", "attacks", "sweep", "adaptive", "adaptive-sweep", "adaptive-bpda",
-             "transfer", "fedavg")
+             "adaptive-strong", "adaptive-known-seed", "transfer", "fedavg")
+# The README's table: the paper's protocol, 8/255, the other attacks (detection beyond L-inf), the adaptive and
+# strong adaptive attacks (and their documented subsets, e.g. adaptive-known-seed-16), the transfer attack.
+HEADLINE_RUNS = ("paper", "pgd-8-255", "attacks", "adaptive", "adaptive-bpda", "adaptive-strong",
+                 "adaptive-known-seed", "transfer")
 
 
 # --------------------------------------------------------------------------------------------- formatting
@@ -276,12 +280,20 @@ def _cpu_name() -> str:
 
 
 def load_runs(runs_dir: Path) -> dict:
+    """Every run folder with a results.json: the known runs in their order, then any other (e.g. a documented
+    subset of a strong run, `adaptive-known-seed-16`) by name."""
     runs = {}
-    for name in RUN_NAMES:
-        path = Path(runs_dir) / name / "results.json"
+    known = [Path(runs_dir) / name for name in RUN_NAMES]
+    others = sorted(p for p in Path(runs_dir).glob("*") if p.is_dir() and p.name not in RUN_NAMES)
+    for folder in known + others:
+        path = folder / "results.json"
         if path.is_file():
-            runs[name] = json.loads(path.read_text())
+            runs[folder.name] = json.loads(path.read_text())
     return runs
+
+
+def _in_headline(name: str) -> bool:
+    return name in HEADLINE_RUNS or any(name.startswith(f"{h}-") for h in ("adaptive-strong", "adaptive-known-seed"))
 
 
 def _row(name: str, res: dict | None, attack_index: int = 0) -> list[str] | None:
@@ -321,8 +333,8 @@ def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, r
                    "detector uses a threshold calibrated on each hospital's own clean scans (no per-batch "
                    "quota), purification never sees the label, and PGD projects onto the eps-ball after every "
                    "step.\n")
-    rows = [_row(n, runs[n], i) for n in RUN_NAMES if n in runs and not n.endswith("sweep")
-            for i in range(len(runs[n].get("attacks", [])))]
+    rows = [_row(n, res, i) for n, res in runs.items() if not n.endswith("sweep")
+            for i in range(len(res.get("attacks", [])))]
     if rows:
         out.append("## All attacks\n")
         out.append(_table(["Run", "Attack", "Attacker sees", "Pairs", "Clean", "Clean, defended",
@@ -383,12 +395,12 @@ def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, r
     if wall_time is not None:
         import os
 
-        text += (f" Wall time of the full report: {wall_time / 60:.1f} min on {_cpu_name()} ({os.cpu_count()} cores"
+        text += (f" Wall time of the last regeneration: {wall_time / 60:.1f} min on {_cpu_name()} ({os.cpu_count()} cores"
                  + (f"; {machine_note}" if machine_note else "") + ").")
     env = paper.get("environment", {}) if paper else {}
     git = paper.get("git", {}) if paper else {}
     if env:
-        text += (f" git commit {git.get('commit')}" + (" (with uncommitted changes)" if git.get("dirty") else "")
+        text += (f" The paper run: git commit {git.get('commit')}" + (" (with uncommitted changes)" if git.get("dirty") else "")
                  + f"; device {env.get('device')}, {env.get('torch_threads')} torch threads; "
                  + ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v) + ".")
     out.append(text)
@@ -400,12 +412,9 @@ README_END = "<!-- results:end -->"
 
 
 def headline_markdown(runs: dict) -> str:
-    """The README's results table: the paper's protocol, 8/255 and the adaptive attack, from the same runs."""
-    rows = []
-    for name in ("paper", "pgd-8-255", "adaptive", "adaptive-bpda"):
-        res = runs.get(name)
-        if res and res.get("attacks"):
-            rows.append(_row(name, res)[:11])
+    """The README's results table (HEADLINE_RUNS, every attack of each), from the same runs as the report."""
+    rows = [_row(n, res, i)[:11] for n, res in runs.items() if _in_headline(n)
+            for i in range(len(res.get("attacks", [])))]
     head = ["Run", "Attack", "Attacker sees", "Pairs", "Clean", "Clean, defended", "Robust, undefended",
             "Robust, defended", "Detection AUROC", "FPR", "TPR"]
     paper = PAPER

@@ -146,6 +146,6 @@ if [ "${REPORT:-1}" = 0 ]; then
 fi
 load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 "$PY" -m medfedpure.report --runs "$OUT/runs" --out "$OUT" --round-plot "$ROUND_PLOT" --wall-time "$wall" \
-  --machine-note "load average $load_start at the start, $load_end at the end" \
+  --machine-note "load average $load_start at the start, $load_end at the end${ONLY:+; this call made only: $ONLY}" \
   $([ "$OUT" = reports ] && echo --readme README.md)
 echo "report written to $OUT/REPORT.md in $wall s" >&2
