@@ -313,7 +313,8 @@ def test_report_from_results(tiny_pipe, example_scans, tmp_path):
     paper = evaluate(tiny_pipe, example_scans, EvalSettings(attacks=["pgd"], steps=2, repeats=2, progress=False))
     sweep = evaluate(tiny_pipe, example_scans, EvalSettings(attacks=["pgd"], eps=[0.004, 0.015], steps=2,
                                                              pairs="round-robin", progress=False))
-    for name, res in (("paper", paper), ("sweep", sweep), ("adaptive", paper)):
+    for name, res in (("paper", paper), ("sweep", sweep), ("adaptive", paper), ("adaptive-known-seed-16", paper),
+                      ("fedavg", paper)):
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "results.json").write_text(json.dumps(res))
     from PIL import Image
@@ -327,6 +328,12 @@ def test_report_from_results(tiny_pipe, example_scans, tmp_path):
         assert (tmp_path / "report" / png).is_file(), png
     assert "Wall time of the last regeneration" in text
     assert "| Hospital |" in results_markdown(paper)
+    # A run folder the report does not know by name (a documented subset) is in the tables too; the README's
+    # table has the headline runs, not the FedAvg ablation.
+    assert "| adaptive-known-seed-16 |" in text
+    headline = (tmp_path / "report" / "HEADLINE.md").read_text()
+    runs_in_headline = [line.split("|")[1].strip() for line in headline.splitlines()[2:] if line.startswith("| ")]
+    assert runs_in_headline == ["paper", "adaptive", "adaptive-known-seed-16"]
 
 
 @pytest.mark.slow
