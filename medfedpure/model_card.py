@@ -42,6 +42,16 @@ def _num(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
 
+def _attack_text(attack) -> str:
+    """A run's attack from the one-attack results of earlier releases (no `attacks` list)."""
+    if not isinstance(attack, dict):
+        return str(attack)
+    desc = attack.get("name", "none")
+    if attack.get("eps") is not None:
+        desc += f", eps {attack['eps']:.4g}, {attack.get('steps', '?')} steps"
+    return desc
+
+
 def _results_table(results_dir: Path | None) -> str:
     if results_dir is None or not results_dir.is_dir():
         return "_No evaluation results yet: run `bash scripts/make_report.sh`._\n"
@@ -50,15 +60,16 @@ def _results_table(results_dir: Path | None) -> str:
     if not runs:
         return "_No evaluation results yet: run `bash scripts/make_report.sh`._\n"
     rows = []
+    attack_keys = {ATTACK.robust_accuracy_undefended, ATTACK.robust_accuracy_defended, ATTACK.detection_auroc,
+                   ATTACK.true_positive_rate}  # per attack; the rest (clean figures, false positives) per run
     for path in runs:
         res = json.loads(path.read_text())
-        attack = res.get("attack", {})
-        label = path.parent.name
-        desc = attack.get("name", "none") if isinstance(attack, dict) else str(attack)
-        if isinstance(attack, dict) and attack.get("eps") is not None:
-            desc += f", eps {attack['eps']:.4g}, {attack.get('steps', '?')} steps"
-        rows.append((label, desc, res.get("n"), [_num(res.get(k)) if k == ATTACK.detection_auroc else _fmt(res.get(k))
-                                                 for k, _ in FIELDS]))
+        # every attack of a run (a run of FGSM, PGD-L2 and CW has three rows); clean figures are the run's
+        for attack in res.get("attacks") or [None]:
+            desc = attack["label"] if attack else _attack_text(res.get("attack", {}))
+            values = [(attack if attack and k in attack_keys else res).get(k) for k, _ in FIELDS]
+            rows.append((path.parent.name, desc, res.get("n"),
+                         [_num(v) if k == ATTACK.detection_auroc else _fmt(v) for (k, _), v in zip(FIELDS, values)]))
     head = "| run | attack | n | " + " | ".join(name for _, name in FIELDS) + " |\n"
     head += "|---" * (3 + len(FIELDS)) + "|\n"
     return head + "".join(f"| {r[0]} | {r[1]} | {r[2]} | " + " | ".join(r[3]) + " |\n" for r in rows)
