@@ -6,7 +6,6 @@ Predictions from it are meaningless; it exists so code paths can be exercised fa
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -48,4 +47,8 @@ def make_tiny_checkpoint(out: Path, hospitals: int = 2) -> Path:
 
 
 if __name__ == "__main__":
-    print(make_tiny_checkpoint(Path(sys.argv[1])))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir", type=Path, help="folder to write (created)")
+    print(make_tiny_checkpoint(ap.parse_args().out_dir))
