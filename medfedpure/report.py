@@ -32,10 +32,10 @@ PAPER = {"clean_accuracy": 0.9767, "robust_accuracy_undefended": 0.4950, "robust
 
 RUN_NAMES = ("paper", "ablations", "pgd-8-255", "attacks", "sweep", "adaptive", "adaptive-sweep", "adaptive-bpda",
              "adaptive-strong", "adaptive-known-seed", "transfer", "fedavg")
+STRONG_RUNS = ("adaptive-strong", "adaptive-known-seed")  # their documented subsets are named <run>-<n scans>
 # The README's table: the paper's protocol, 8/255, the other attacks (detection beyond L-inf), the adaptive and
 # strong adaptive attacks (and their documented subsets, e.g. adaptive-known-seed-16), the transfer attack.
-HEADLINE_RUNS = ("paper", "pgd-8-255", "attacks", "adaptive", "adaptive-bpda", "adaptive-strong",
-                 "adaptive-known-seed", "transfer")
+HEADLINE_RUNS = ("paper", "pgd-8-255", "attacks", "adaptive", "adaptive-bpda", *STRONG_RUNS, "transfer")
 
 
 # --------------------------------------------------------------------------------------------- formatting
@@ -293,7 +293,7 @@ def load_runs(runs_dir: Path) -> dict:
 
 
 def _in_headline(name: str) -> bool:
-    return name in HEADLINE_RUNS or any(name.startswith(f"{h}-") for h in ("adaptive-strong", "adaptive-known-seed"))
+    return name in HEADLINE_RUNS or any(name.startswith(f"{h}-") for h in STRONG_RUNS)
 
 
 def _row(name: str, res: dict | None, attack_index: int = 0) -> list[str] | None:

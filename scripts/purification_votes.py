@@ -37,8 +37,9 @@ def _paired_interval(better: np.ndarray, base: np.ndarray, seed: int = 0, draws:
 def main() -> int:
     import torch
 
-    from medfedpure.attacks import make_attack, purifier_noise
+    from medfedpure.attacks import make_attack
     from medfedpure.evaluation import _stratified_pick, load_scans
+    from medfedpure.evaluation.defence import _Defence
     from medfedpure.pipeline import MedFedPure
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -52,6 +53,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     pipe = MedFedPure.from_pretrained(args.model, device="cpu")
     scans = load_scans(args.data, "val", Path(pipe.source.path) / "split.csv")
+    defence = _Defence(pipe, batch_size=32)
     started = time.time()
     correct = {name: {k: [] for k in range(1, args.k + 1)} for name in BUDGETS}
     flagged = {name: [] for name in BUDGETS}
@@ -75,10 +77,9 @@ def main() -> int:
                 total = torch.zeros_like(probs)
                 for draw in range(args.k):
                     mixed = probs.clone()
-                    if len(todo):
-                        sel = [names[i] for i in todo.tolist()]
-                        noise = purifier_noise(sel, draw, view[todo].shape)
-                        purified = pipe.purifier.purify(view[todo], t[todo], steps=pipe.ddim_steps, noise=noise)
+                    if len(todo):  # the evaluation's own purification: draw `draw` of its per-scan noise
+                        purified = defence.purify(view[todo], t[todo], [names[i] for i in todo.tolist()], draw,
+                                                  cache=False)
                         mixed[todo] = model(purified).exp()
                     total += mixed
                     correct[name][draw + 1].append((total.argmax(1) == y).numpy())

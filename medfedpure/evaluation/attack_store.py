@@ -35,8 +35,7 @@ def weights_digest(pipe, source=None) -> str:
     if source is not None:
         modules.append(source)
     for module in modules:
-        if isinstance(module, torch.nn.Module):
-            _update_with_state(digest, module)
+        _update_with_state(digest, module)
     settings = {"detector": pipe.detector_config, "t": [pipe.t_min, pipe.t_max], "ddim_steps": pipe.ddim_steps}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()

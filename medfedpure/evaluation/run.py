@@ -205,18 +205,18 @@ def _attack(run: _Run, clean: _Scored, spec: PlannedAttack) -> tuple[torch.Tenso
     """The adversarial scans of hospital h (batched; a batch's key fixes its attack noise) and the settings."""
     attack = _build_attack(run.pipe, run.settings, spec, clean.h, run.source)
     bs = run.settings.adaptive_batch_size if spec.name in DEFENCE_ATTACKS else run.settings.batch_size
-    advs, store = [], run.store
+    advs, store, attack_settings = [], run.store, attack.settings()
     for i in range(0, len(clean.x), bs):
         key = (clean.h, tuple(clean.names[i:i + bs]))
         x = clean.x[i:i + bs]
-        adv = store.load(attack.settings(), key, tuple(x.shape)) if store is not None else None
+        adv = store.load(attack_settings, key, tuple(x.shape)) if store is not None else None
         if adv is None:
             adv = attack(x, clean.y[i:i + bs], key=key)
             if store is not None:
-                store.save(attack.settings(), key, adv)
+                store.save(attack_settings, key, adv)
         advs.append(adv.to(run.pipe.device))
         run.progress.update(len(x), f"{spec.label} h{clean.h}")
-    return torch.cat(advs), attack.settings()
+    return torch.cat(advs), attack_settings
 
 
 def _attack_step(run: _Run, clean: _Scored, entry: _AttackRun) -> None:
