@@ -203,9 +203,11 @@ def _ood_line(clf: dict) -> str:
     ood = clf.get("ood")
     if not ood:
         return ""
+    from medfedpure.ood import describe_levels
+
     levels = ", ".join(f"{k} {v['threshold']:.1f}" for k, v in ood.get("levels", {}).items())
-    return (f"- Out-of-distribution check: Mahalanobis distances of the trunk's features (texture statistics of its "
-            f"second stage, and its output to the nearest class mean; shrunk shared covariances fitted on "
+    return (f"- Out-of-distribution check: Mahalanobis distances of {len(ood.get('levels', {}))} feature levels "
+            f"({describe_levels(ood.get('levels', {}))}; shrunk shared covariances fitted on "
             f"{ood.get('fitted_on')}); thresholds ({levels}) = {ood['margin']} x the {100 * ood['quantile']:.1f}th "
             f"percentile on {ood.get('calibrated_on')}; flat frames are always out of distribution "
             "(`medfedpure/ood.py`, `reports/ood.md`).")

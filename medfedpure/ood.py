@@ -9,33 +9,58 @@ classifier. Before reading a diagnosis we ask two questions:
    covariance fitted on the training scans; each threshold is a high quantile of the validation scans' distances
    times a margin, so that very few clean scans trip it (measured on the test split, see reports/ood.md).
 
-The fitted statistics are stored in the classifier's safetensors (`ood.<level>.means`, `ood.<level>.precision`)
-and its config (`ood`: thresholds, quantile, margin), and travel with the checkpoint. What it does not catch (a
-grayscale photograph, CT slices: images with a dark surround and smooth content) is listed in reports/ood.md.
+   A third question looks at the picture itself: the `layout` level, the scan averaged to 8 x 8 (where its
+   bright and dark parts lie), catches extreme crops and framings no scanner produces; `layer1` (first-stage
+   texture) catches regular patterns. Which levels: scripts/ood_candidates.py chose them on validation scans,
+   leave-one-source-out rates and development probes (reports/ood_candidates.md).
+
+The fitted statistics (`ood.<level>.means`, `ood.<level>.precision`) are stored in `ood.safetensors` beside the
+classifier's weights (older checkpoints: inside `model.safetensors`), the thresholds and recipe in its config
+(`ood`), and travel with the checkpoint. What it does not catch (a grayscale photograph, CT slices: images with
+a dark surround and smooth content) is listed in reports/ood.md.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from torch.nn import functional as F
 
-__all__ = ["OodCheck", "fit_ood", "trunk_features", "FLAT_STD"]
+__all__ = ["OodCheck", "fit_ood", "trunk_features", "image_features", "FLAT_STD", "LEVELS", "OOD_FILE", "describe_levels"]
 
 FLAT_STD = 1.0 / 255.0  # below this pixel standard deviation a frame holds no image
 PREFIX = "ood."
+OOD_FILE = "ood.safetensors"
+LEVELS = ("layer2", "trunk", "layout", "layer1")  # chosen by scripts/ood_candidates.py
+CLASS_CONDITIONAL = ("trunk",)  # distance to the nearest class mean; the other levels have one mean
+LAYOUT_SIDE = 8
+LEVEL_WORDS = {"layer1": "texture statistics of the classifier trunk's first stage",
+               "layer2": "texture statistics of the trunk's second stage",
+               "trunk": "the trunk's output, to the nearest class mean", "layout": "the scan averaged to 8 x 8"}
+
+
+def describe_levels(levels) -> str:
+    """Plain words for a check's levels, for reports and model cards."""
+    return "; ".join(f"`{k}`: {LEVEL_WORDS.get(k, k)}" for k in levels)
 
 
 @torch.no_grad()
 def trunk_features(classifier, x: torch.Tensor, batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """(N, 1, H, W) in [0, 1] -> {"layer2": (N, 2C) mean and std of the second stage's maps (texture: catches
-    noise and synthetic patterns), "trunk": (N, F) the trunk's output (content)}; the gate is not involved."""
+    """(N, 1, H, W) in [0, 1] -> {"layer1" / "layer2": (N, 2C) mean and std of the first / second stage's maps
+    (texture: catches noise and synthetic patterns), "trunk": (N, F) the trunk's output (content)}; no gate."""
     classifier.eval()
-    low, high = [], []
+    parts: dict[str, list] = {}
     for i in range(0, len(x), batch_size):
-        feats = classifier.trunk_features(classifier.normalise(x[i:i + batch_size]))
-        low.append(feats["layer2"].float().cpu())
-        high.append(feats["trunk"].float().cpu())
-    return {"layer2": torch.cat(low), "trunk": torch.cat(high)}
+        for k, v in classifier.trunk_features(classifier.normalise(x[i:i + batch_size])).items():
+            parts.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def image_features(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{"layout": (N, 64) the scan averaged to 8 x 8}: read off the pixels, no network."""
+    return {"layout": F.adaptive_avg_pool2d(x.float(), LAYOUT_SIDE).flatten(1).cpu()}
 
 
 class OodCheck:
@@ -64,7 +89,7 @@ class OodCheck:
         """-> (in_distribution bool (N,), score (N,)); a flat frame is out of distribution whatever its score.
         `feats`: the scans' `trunk_features` when the caller already has them (one trunk pass for everything)."""
         feats = trunk_features(classifier, x) if feats is None else {k: v.float().cpu() for k, v in feats.items()}
-        s = self.scores(feats).numpy()
+        s = self.scores({**feats, **image_features(x)}).numpy()
         flat = (x.flatten(1).std(dim=1) < FLAT_STD).cpu().numpy()
         return (s <= self.threshold) & ~flat, s
 
@@ -76,10 +101,18 @@ class OodCheck:
         return out
 
     @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor], config: dict) -> "OodCheck | None":
+    def from_state(cls, state: dict[str, torch.Tensor], config: dict, folder: Path | None = None) -> "OodCheck | None":
+        """`state`: the classifier's weights; the statistics are read from `folder`/ood.safetensors when the
+        record names that file (refitting the check then leaves the classifier's weights untouched)."""
         rec = config.get("ood")
         if not rec or "levels" not in rec:
             return None
+        if rec.get("file"):
+            from safetensors.torch import load_file
+
+            if folder is None or not (Path(folder) / rec["file"]).is_file():
+                raise FileNotFoundError(f"the OOD check's statistics file {rec['file']} is missing from {folder}")
+            state = load_file(str(Path(folder) / rec["file"]))
         levels = {k: (state[f"{PREFIX}{k}.means"], state[f"{PREFIX}{k}.precision"], v["threshold"])
                   for k, v in rec["levels"].items()}
         return cls(levels)
@@ -100,18 +133,22 @@ def _gaussian(f: torch.Tensor, y: torch.Tensor | None, shrinkage: float):
 
 
 def fit_ood(classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-            quantile: float = 0.999, margin: float = 1.25, shrinkage: float = 0.1) -> tuple[OodCheck, dict]:
+            quantile: float = 0.999, margin: float = 1.25, shrinkage: float = 0.1,
+            levels: tuple[str, ...] = LEVELS, dtype: torch.dtype = torch.float32) -> tuple[OodCheck, dict]:
     """Fit each level's Gaussian on training features; its threshold = margin x the `quantile` of the
-    validation scans' distances. -> (check, record for config.json)."""
-    tr, va = trunk_features(classifier, train_x), trunk_features(classifier, val_x)
-    levels, record = {}, {"quantile": quantile, "margin": margin, "shrinkage": shrinkage,
+    validation scans' distances, measured with the statistics rounded to `dtype` (how they are stored).
+    -> (check, record for config.json)."""
+    tr = {**trunk_features(classifier, train_x), **image_features(train_x)}
+    va = {**trunk_features(classifier, val_x), **image_features(val_x)}
+    fitted, record = {}, {"quantile": quantile, "margin": margin, "shrinkage": shrinkage,
                           "fitted_on": f"{len(train_x)} training scans", "calibrated_on": f"{len(val_x)} validation scans",
                           "levels": {}}
-    for k in ("layer2", "trunk"):
-        means, precision = _gaussian(tr[k], train_y.long() if k == "trunk" else None, shrinkage)
+    for k in levels:
+        means, precision = _gaussian(tr[k], train_y.long() if k in CLASS_CONDITIONAL else None, shrinkage)
+        means, precision = means.to(dtype).float(), precision.to(dtype).float()
         d = OodCheck._distance(va[k], means, precision).numpy()
         thr = float(np.quantile(d, quantile) * margin)
-        levels[k] = (means, precision, thr)
+        fitted[k] = (means, precision, thr)
         record["levels"][k] = {"threshold": thr, "val_quantiles": [float(q) for q in np.quantile(d, [0.5, 0.99, 1.0])]}
     record["threshold"] = 1.0
-    return OodCheck(levels), record
+    return OodCheck(fitted), record

@@ -322,7 +322,7 @@ def load_classifier(folder: Path):
     state, config = checkpoint_format.load_model_state(folder, "classifier")
     model = checkpoint_format.build_model(config)
     operating = config.operating
-    ood = OodCheck.from_state(state, operating)
+    ood = OodCheck.from_state(state, operating, Path(folder))
     shared = {k: v for k, v in state.items() if not k.startswith("gates.") and not k.startswith(OOD_PREFIX)}
     missing, unexpected = model.load_state_dict(shared, strict=False)
     missing = [k for k in missing if not k.startswith("gate.") and not k.endswith("num_batches_tracked")]

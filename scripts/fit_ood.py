@@ -1,10 +1,13 @@
-"""Fit the out-of-distribution check into a classifier run folder (adds `ood.*` tensors and `ood` to the operating settings of its config.json).
+"""Fit the out-of-distribution check into a classifier folder (writes `ood.safetensors` beside its weights and `ood` into the operating settings of its config.json).
 
-    python scripts/fit_ood.py --classifier runs/multi/classifier --cache .cache/multi/cache.npz
+    python scripts/fit_ood.py --classifier runs/ft/classifier --cache .cache/cache-<split hash>.npz
 
 Means and covariance are sums over every hospital's training features (the same sums each hospital could send
 as sufficient statistics; run here on the pooled cache, not through Flower); the threshold comes from the
-validation scans. The test split is never read. Then `python scripts/ood_report.py` measures it.
+validation scans. The test split is never read. The statistics are rounded to float16, as they ship, before the
+thresholds are set. The classifier's own weights are not rewritten (a checkpoint from before this file kept the
+statistics in model.safetensors; they are ignored once the record names the file). Then `python
+scripts/ood_report.py` measures it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> int:
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from medfedpure.checkpoint_format import read_config, write_config
     from medfedpure.data import load_cache
-    from medfedpure.ood import fit_ood
+    from medfedpure.ood import LEVELS, OOD_FILE, fit_ood
     from medfedpure.pipeline import load_classifier
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,6 +34,7 @@ def main() -> int:
     p.add_argument("--cache", required=True, type=Path, help="the preprocessed cache of its split")
     p.add_argument("--quantile", type=float, default=0.999)
     p.add_argument("--margin", type=float, default=1.25)
+    p.add_argument("--levels", default=",".join(LEVELS), help="feature levels (scripts/ood_candidates.py)")
     p.add_argument("--train-limit", type=int, default=3000, help="training scans fitted on (seeded subset)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -44,12 +48,11 @@ def main() -> int:
         pick = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(train_x), args.train_limit, replace=False)))
         train_x, train_y = train_x[pick], train_y[pick]
     val_x, _ = cache.select("val")
-    check, record = fit_ood(model, train_x, train_y, val_x, quantile=args.quantile, margin=args.margin)
-    weights = args.classifier / "model.safetensors"
-    state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("ood.")}
-    dtype = next(iter(state.values())).dtype
-    state.update({k: v.to(dtype) for k, v in check.state_dict().items()})
-    save_file(state, str(weights), metadata={"format": "pt"})
+    check, record = fit_ood(model, train_x, train_y, val_x, quantile=args.quantile, margin=args.margin,
+                            levels=tuple(args.levels.split(",")), dtype=torch.float16)
+    save_file({k: v.to(torch.float16) for k, v in check.state_dict().items()}, str(args.classifier / OOD_FILE),
+              metadata={"format": "pt"})
+    record["file"] = OOD_FILE
     config = read_config(args.classifier, "classifier")
     config.operating["ood"] = record
     write_config(args.classifier, config)

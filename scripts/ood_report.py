@@ -55,6 +55,7 @@ def main() -> int:
     import torch
 
     from medfedpure.evaluation import load_scans
+    from medfedpure.ood import describe_levels
     from medfedpure.pipeline import MedFedPure
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,9 +91,10 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "ood.json").write_text(json.dumps(res, indent=1) + "\n")
     lines = ["# Out-of-distribution check", "", f"Command: `python scripts/ood_report.py --model {args.model} "
-             f"--data {args.data}`. Score: the larger of two Mahalanobis distances of the classifier trunk's features "
-             "(texture statistics of its second stage; its output to the nearest class mean), each divided by its "
-             "threshold (`medfedpure/ood.py`): above 1.0 is out of distribution. Thresholds set on the validation "
+             f"--data {args.data}`. Score: the largest of {len(pipe.ood.levels)} Mahalanobis distances "
+             f"({describe_levels(pipe.ood.levels)}), each divided by "
+             "its threshold (`medfedpure/ood.py`): above 1.0 is out of distribution; a flat frame is out whatever "
+             "its score. Levels chosen in [ood_candidates.md](ood_candidates.md); thresholds set on the validation "
              "scans only; the test scans were not used to choose anything.", "",
              "| clean scans | n | called out of distribution |", "|---|---|---|"]
     for split, r in res["clean"].items():

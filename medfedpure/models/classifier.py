@@ -159,7 +159,7 @@ class MixtureOfExpertsClassifier(nn.Module):
         return self._heads(z, self.trunk(z) if self.trunk is not None else z, gate)
 
     def mixture_type_and_features(self, x: torch.Tensor, gate: Gate | None):
-        """-> (log-probabilities, tumour-type logits or None, {"layer2", "trunk"} features of the OOD check),
+        """-> (log-probabilities, tumour-type logits or None, {"layer1", "layer2", "trunk"} features of the OOD check),
         all from one trunk pass (the analysis of a scan needs the three; three passes cost ~20 ms on a CPU)."""
         z = self.normalise(x)
         feats = self.trunk_features(z)
@@ -167,14 +167,16 @@ class MixtureOfExpertsClassifier(nn.Module):
         return logp, types, feats
 
     def trunk_features(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One trunk pass over normalised scans -> {"layer2": (N, 2C) mean and std of the second stage's maps,
-        "trunk": (N, F) the trunk's output}: the OOD check's two levels (the gate is not involved)."""
+        """One trunk pass over normalised scans -> {"layer1" / "layer2": (N, 2C) mean and std of the first /
+        second stage's maps, "trunk": (N, F) the trunk's output}: the OOD check's trunk levels (no gate)."""
         if self.trunk is None:
             raise ValueError("the OOD features need a shared trunk (expert_type='head')")
         t = self.trunk
-        low = t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(z))))))
+        first = t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(z)))))
+        low = t.layer2(first)
         h = t.avgpool(t.layer4(t.layer3(low))).flatten(1)
-        return {"layer2": torch.cat([low.mean((2, 3)), low.flatten(2).std(2)], 1), "trunk": h}
+        return {"layer1": torch.cat([first.mean((2, 3)), first.flatten(2).std(2)], 1),
+                "layer2": torch.cat([low.mean((2, 3)), low.flatten(2).std(2)], 1), "trunk": h}
 
     def _heads(self, z: torch.Tensor, h: torch.Tensor, gate: Gate | None):
         expert_logp = torch.stack([F.log_softmax(e(h), dim=1) for e in self.experts], dim=1)  # (N, K, C)
