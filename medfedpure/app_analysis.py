@@ -90,7 +90,8 @@ def analyze_scan(pipe, sc, req: AnalyzeRequest, tracker: Tracker, *, outdir: Cal
     timings = {"read": _ms(t0)}
     try:
         run = analyze_attacked(pipe, torch.from_numpy(sc.image)[None, None], req.hospital, req.attack,
-                               purify=req.purify, seed=req.seed, on_stage=stage_reporter(tracker, req.attack))
+                               purify=req.purify, seed=req.seed, on_stage=stage_reporter(tracker, req.attack),
+                               colours=[sc.meta.get("colour_fraction")])
     except (Stopped, UserError):
         raise
     except Exception as exc:  # noqa: BLE001 - one clear message in the page, the app keeps serving
@@ -144,7 +145,8 @@ def analyze_scans(pipe, items, req: AnalyzeRequest, tracker: Tracker, *, csv_pat
             x = torch.from_numpy(np.stack([sc.image for _, _, sc in chunk]))[:, None]
             stages = stage_reporter(tracker, req.attack, f"batch, {span}: ", "the clean scans")
             results = list(analyze_attacked(pipe, x, req.hospital, req.attack, purify=req.purify, seed=req.seed,
-                                            on_stage=stages).result)
+                                            on_stage=stages,
+                                            colours=[sc.meta.get("colour_fraction") for _, _, sc in chunk]).result)
         except Stopped:
             raise
         except Exception as exc:  # noqa: BLE001 - these rows fail, the others still count

@@ -39,6 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from medfedpure.ood import COLOUR_MAX, OOD_WORDS
+
 __all__ = [
     "BANNER", "BATCH_COLUMNS", "BATCH_NOTE", "DISCLAIMER", "EXAMPLES_NOTE", "PAGE_CSS", "PAGE_INTRO", "AnalysisView", "AnalyzeOutputs", "BatchOutputs", "Panel",
     "analysis_html", "analysis_panels", "analysis_record", "analysis_verdict", "bars_html", "batch_row",
@@ -345,6 +347,10 @@ def ood_phrase(result) -> str:
         where = f" (score {_fmt(result.ood_score)} {rel} threshold {_fmt(result.ood_threshold)})"
     if ind:
         return f"Out-of-distribution check: looks like the brain MRI slices the model was trained on{where}."
+    if getattr(result, "ood_reason", None) == "colour":
+        return (f"Out-of-distribution check: {OOD_WORDS['colour']} (more than {_pct(COLOUR_MAX)} of this file's "
+                f"pixels are in colour); its features alone score {_fmt(result.ood_score)} against a threshold of "
+                f"{_fmt(result.ood_threshold)}.")
     return f"Out-of-distribution check: unlike every training scan{where}."
 
 
@@ -361,6 +367,11 @@ def verdict(result, *, defence: bool = True, attack: str = "none", eps: float = 
     if blank:
         lines.append("### No diagnosis: the image is blank\nEvery pixel has the same value, so there is nothing "
                      "to analyze. The model's numbers below are not meaningful.")
+    elif unknown and getattr(result, "ood_reason", None) == "colour":
+        lines.append("### No diagnosis: this is a colour picture, not an MRI slice\n"
+                     "MRI slices are grayscale; a colour file is a photograph, a screenshot or a colour-coded map, "
+                     "which the model was never trained on, so its answer would not mean anything. Upload the "
+                     "scan itself (DICOM, or a grayscale PNG / JPEG export). " + ood_phrase(result))
     elif unknown:
         lines.append("### No diagnosis: this does not look like a brain MRI slice the model knows\n"
                      "It is unlike every scan the model was trained on (for example a blank or noisy image, a "
@@ -745,7 +756,9 @@ def batch_row(row: int, result=None, *, error: str | None = None, frame=None, sc
         return out
     ind = getattr(result, "in_distribution", None)
     unknown = blank or ind is False
+    colour = getattr(result, "ood_reason", None) == "colour"
     status = "ok" if not unknown else ("blank image: no diagnosis" if blank else
+                                       "colour picture, not an MRI slice: no diagnosis" if colour else
                                        "not a brain MRI slice the model knows: no diagnosis")
     ttype = getattr(result, "tumour_type", None)
     out.update(status=status, answer="" if unknown else pretty(result.final_prediction),

@@ -130,13 +130,15 @@ class AttackedAnalysis:
 
 
 def analyze_attacked(pipe, x, hospital: int, spec: AttackSpec, *, purify: str = "flagged", seed: int | None = 0,
-                     on_stage: Callable[[str, int], None] | None = None) -> AttackedAnalysis:
+                     on_stage: Callable[[str, int], None] | None = None,
+                     colours: list[float | None] | None = None) -> AttackedAnalysis:
     """Clean pass, labels, attack, then the whole pipeline on the attacked scans (see the module docstring).
 
     x: a (N, 1, H, W) tensor in [0, 1] on any device. purify and seed: as `MedFedPure.analyze` (seed draws the
     purifier's noise; the attack's randomness comes from spec.seed). on_stage(stage, total) is called before each
     stage: "clean" (total 0), "attack" (total: the attack's steps, each one call of `spec.counted_model`) and
-    "defence" (total: the purifier's DDIM steps).
+    "defence" (total: the purifier's DDIM steps). colours: each file's colour share, for the
+    out-of-distribution check (`MedFedPure.analyze`).
     """
     import numpy as np
     import torch
@@ -148,7 +150,7 @@ def analyze_attacked(pipe, x, hospital: int, spec: AttackSpec, *, purify: str = 
     if spec.active:
         report("clean", 0)
         t = time.perf_counter()
-        clean = pipe.analyze(x, hospital=hospital, purify="never", seed=seed)
+        clean = pipe.analyze(x, hospital=hospital, purify="never", seed=seed, colours=colours)
         timings["classify_clean"] = (time.perf_counter() - t) * 1000
         labels = [int(np.argmax(r.probabilities)) for r in clean]
         report("attack", spec.steps)
@@ -156,5 +158,5 @@ def analyze_attacked(pipe, x, hospital: int, spec: AttackSpec, *, purify: str = 
         x = spec.build(pipe, hospital)(x, torch.tensor(labels, device=pipe.device)).clamp(0, 1)
         timings["attack"] = (time.perf_counter() - t) * 1000
     report("defence", int(getattr(pipe, "ddim_steps", 0) or 0))
-    result = pipe.analyze(x, hospital=hospital, purify=purify, seed=seed)
+    result = pipe.analyze(x, hospital=hospital, purify=purify, seed=seed, colours=colours)
     return AttackedAnalysis(spec, clean, result, labels, timings)

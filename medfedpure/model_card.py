@@ -203,13 +203,14 @@ def _ood_line(clf: dict) -> str:
     ood = clf.get("ood")
     if not ood:
         return ""
-    from medfedpure.ood import describe_levels
+    from medfedpure.ood import COLOUR_MAX, describe_levels
 
     levels = ", ".join(f"{k} {v['threshold']:.1f}" for k, v in ood.get("levels", {}).items())
     return (f"- Out-of-distribution check: Mahalanobis distances of {len(ood.get('levels', {}))} feature levels "
             f"({describe_levels(ood.get('levels', {}))}; shrunk shared covariances fitted on "
             f"{ood.get('fitted_on')}); thresholds ({levels}) = {ood['margin']} x the {100 * ood['quantile']:.1f}th "
-            f"percentile on {ood.get('calibrated_on')}; flat frames are always out of distribution "
+            f"percentile on {ood.get('calibrated_on')}; flat frames, and files with more than "
+            f"{100 * COLOUR_MAX:.0f}% of their pixels in colour, are always out of distribution "
             "(`medfedpure/ood.py`, `reports/ood.md`).")
 
 

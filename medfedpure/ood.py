@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["OodCheck", "fit_ood", "trunk_features", "image_features", "FLAT_STD", "LEVELS", "OOD_FILE", "describe_levels"]
+__all__ = ["OodCheck", "fit_ood", "trunk_features", "image_features", "FLAT_STD", "LEVELS", "OOD_FILE", "COLOUR_MAX", "OOD_WORDS",
+           "describe_levels", "reasons"]
 
 FLAT_STD = 1.0 / 255.0  # below this pixel standard deviation a frame holds no image
 PREFIX = "ood."
@@ -36,6 +37,14 @@ OOD_FILE = "ood.safetensors"
 LEVELS = ("layer2", "trunk", "layout", "layer1")  # chosen by scripts/ood_candidates.py
 CLASS_CONDITIONAL = ("trunk",)  # distance to the nearest class mean; the other levels have one mean
 LAYOUT_SIDE = 8
+# A file with more than this share of its pixels in colour is a picture, not an MR slice (io.COLOUR_SPREAD says
+# what "in colour" means). Set at about 4x the most colourful training or validation file (4.6%, a caption bar),
+# so that a new source's coloured annotations still pass; photographs measured 28% to 74% (reports/ood.md).
+COLOUR_MAX = 0.20
+# What each out-of-distribution reason means, in the words the app and the command line show.
+OOD_WORDS = {"flat": "a blank image: every pixel has the same value",
+             "colour": "a colour picture: MR slices are grayscale",
+             "features": "unlike every scan the model was trained on"}
 LEVEL_WORDS = {"layer1": "texture statistics of the classifier trunk's first stage",
                "layer2": "texture statistics of the trunk's second stage",
                "trunk": "the trunk's output, to the nearest class mean", "layout": "the scan averaged to 8 x 8"}
@@ -116,6 +125,17 @@ class OodCheck:
         levels = {k: (state[f"{PREFIX}{k}.means"], state[f"{PREFIX}{k}.precision"], v["threshold"])
                   for k, v in rec["levels"].items()}
         return cls(levels)
+
+
+def reasons(x: torch.Tensor, ok: np.ndarray, colour: list[float | None] | None = None) -> list[str | None]:
+    """Why each scan is out of distribution: "flat" (no image), "colour" (a colour picture, from the file's
+    colour share), "features" (unlike the training scans), or None (in distribution)."""
+    flat = (x.flatten(1).std(dim=1) < FLAT_STD).cpu().numpy()
+    colour = colour or [None] * len(ok)
+    out = []
+    for f, good, c in zip(flat, ok, colour):
+        out.append("flat" if f else "colour" if c is not None and c > COLOUR_MAX else None if good else "features")
+    return out
 
 
 def _gaussian(f: torch.Tensor, y: torch.Tensor | None, shrinkage: float):

@@ -23,6 +23,7 @@ from medfedpure.hub import resolve_model
 from medfedpure.models.classifier import Gate, HospitalClassifier, MixtureOfExpertsClassifier
 from medfedpure.models.mae import MaskedAutoencoder
 from medfedpure.models.purifier import DiffusionPurifier
+from medfedpure.ood import reasons as ood_reasons
 
 PURIFY_MODES = ("flagged", "always", "never")
 
@@ -57,13 +58,14 @@ class ScanResult:
     in_distribution: bool | None = None
     ood_score: float | None = None
     ood_threshold: float | None = None
+    ood_reason: str | None = None  # "flat", "colour" (a colour picture) or "features"; None when in distribution
 
     def summary(self) -> dict:
         """JSON-ready, no images."""
         keep = ("name", "hospital", "score", "threshold", "flagged", "t_star", "probabilities",
                 "purified_probabilities", "final_probabilities", "prediction", "purified_prediction",
                 "final_prediction", "tumour_type", "tumour_type_probabilities", "in_distribution", "ood_score",
-                "ood_threshold", "timings_ms")
+                "ood_threshold", "ood_reason", "timings_ms")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -203,25 +205,31 @@ class MedFedPure:
         return DefendedClassifier(self, self._check_hospital(hospital), purify)
 
     # ----------------------------------------------------------------------------------- analyze
-    def _as_batch(self, scans) -> tuple[torch.Tensor, list[str]]:
+    def _as_batch(self, scans) -> tuple[torch.Tensor, list[str], list[float | None]]:
+        """-> (x (N, 1, H, W), names, each file's colour share: None for bare arrays and tensors)."""
         if isinstance(scans, torch.Tensor):
             x = scans if scans.dim() == 4 else scans.unsqueeze(1) if scans.dim() == 3 else scans[None, None]
-            return x.float(), [f"scan{i}" for i in range(x.shape[0])]
+            return x.float(), [f"scan{i}" for i in range(x.shape[0])], [None] * x.shape[0]
         items = scans if isinstance(scans, (list, tuple)) else [scans]
-        arrays, names = [], []
+        arrays, names, colours = [], [], []
         for i, item in enumerate(items):
             image = getattr(item, "image", item)
             arrays.append(torch.as_tensor(np.asarray(image, dtype=np.float32)))
             names.append(getattr(item, "name", f"scan{i}"))
-        return torch.stack(arrays).unsqueeze(1), names
+            colours.append((getattr(item, "meta", None) or {}).get("colour_fraction"))
+        return torch.stack(arrays).unsqueeze(1), names, colours
 
     @torch.no_grad()
-    def analyze(self, scans, hospital: int = 0, *, purify: str = "flagged", seed: int | None = 0) -> AnalysisResult:
-        """Run the three stages on a batch. `scans`: tensor (N,1,H,W)/(N,H,W), array(s) or `io.Scan` objects."""
+    def analyze(self, scans, hospital: int = 0, *, purify: str = "flagged", seed: int | None = 0,
+                colours: list[float | None] | None = None) -> AnalysisResult:
+        """Run the three stages on a batch. `scans`: tensor (N,1,H,W)/(N,H,W), array(s) or `io.Scan` objects.
+        `colours`: each file's colour share (`Scan.meta["colour_fraction"]`, read from Scan objects by default)
+        for the out-of-distribution check, when the scans come as tensors (an attacked copy, say)."""
         if purify not in PURIFY_MODES:
             raise ValueError(f"purify must be one of {PURIFY_MODES}")
         hospital = self._check_hospital(hospital)
-        x, names = self._as_batch(scans)
+        x, names, file_colours = self._as_batch(scans)
+        colours = file_colours if colours is None else list(colours)
         if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise ValueError("scans must be finite and scaled to [0, 1]")
         x = x.to(self.device)
@@ -236,6 +244,8 @@ class MedFedPure:
         timings["classify"] = clock.lap()
         ood = self.ood.check(self.classifier, x, feats) if self.ood is not None else None
         if ood is not None:
+            why = ood_reasons(x, ood[0], colours)
+            ood = (ood[0] & np.array([w is None for w in why]), ood[1], why)
             timings["ood"] = clock.lap()
         recon, err, score = self.detect(x)
         timings["detect"] = clock.lap()
@@ -287,7 +297,8 @@ class MedFedPure:
     def _ood_fields(self, ood, i: int) -> dict:
         if ood is None:
             return {}
-        return {"in_distribution": bool(ood[0][i]), "ood_score": float(ood[1][i]), "ood_threshold": self.ood.threshold}
+        return {"in_distribution": bool(ood[0][i]), "ood_score": float(ood[1][i]), "ood_threshold": self.ood.threshold,
+                "ood_reason": ood[2][i]}
 
     def _type_fields(self, type_probs: torch.Tensor | None, i: int) -> dict:
         if type_probs is None:

@@ -599,6 +599,11 @@ def test_verdict_wording_for_the_new_fields():
     ood = SimpleNamespace(**{**base, "in_distribution": False, "ood_score": 3.0, "ood_threshold": 1.0})
     text = r.verdict(ood)
     assert "No diagnosis" in text and "Answer:" not in text and "score 3 > threshold 1" in text
+    colour = SimpleNamespace(**{**base, "in_distribution": False, "ood_score": 0.4, "ood_reason": "colour"})
+    text = r.verdict(colour)
+    assert "### No diagnosis: this is a colour picture" in text and "Answer:" not in text
+    assert "more than 20% of this file's pixels are in colour" in text
+    assert r.batch_row(1, colour)["status"].startswith("colour picture") and r.batch_row(1, colour)["answer"] == ""
     off = r.verdict(SimpleNamespace(**{**base, "purified": None, "t_star": 0}), defence=False)
     assert "defence off" in off and "Defence is off" in off
     row = r.batch_row(4, ood, scan="scan-1")

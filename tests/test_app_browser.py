@@ -242,6 +242,20 @@ def test_blank_scan_gets_no_diagnosis(page, tmp_path):
     assert "Not meaningful" in text(page, "#mfp-panels")
 
 
+def test_a_colour_photograph_gets_no_diagnosis(page, tmp_path):
+    import matplotlib
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # a real colour photograph
+    if not photo.is_file():
+        pytest.skip("matplotlib's sample photograph is not installed")
+    upload(page, photo)
+    page.wait_for_selector("#mfp-scan-info >> text=Loaded scan-")
+    verdict = analyze(page)
+    shot(page, tmp_path, "colour_photograph")
+    assert verdict.startswith("No diagnosis: this is a colour picture, not an MRI slice"), verdict[:200]
+    assert "Answer:" not in verdict and "Not meaningful" in text(page, "#mfp-panels")
+
+
 def test_stop_button_ends_a_long_attack(page, tmp_path):
     load_example(page, "tumour (y1493)")
     choose_attack(page, "adaptive PGD through the whole defence")

@@ -138,6 +138,31 @@ def test_shipped_ood_check_passes_the_example_scans_and_scores_their_extreme_cro
     assert (crop_score > score * 1.2).all(), (score.round(2), crop_score.round(2))
 
 
+def test_a_colour_picture_of_a_real_scan_is_out_of_distribution_with_its_reason(examples_dir, tmp_path):
+    """A pseudo-colour rendering of a real example scan reads like a scan to the features, but it is a colour
+    picture: no diagnosis, reason "colour"; the same file saved in grayscale is in distribution."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from medfedpure.io import read_scan
+    from medfedpure.pipeline import MedFedPure
+
+    pipe = MedFedPure.from_pretrained(str(examples_dir.parents[1] / "pretrained"), device="cpu")
+    gray = read_scan(examples_dir / "y1493.jpg").image
+    Image.fromarray((colormaps["jet"](gray)[..., :3] * 255).astype(np.uint8)).save(tmp_path / "jet.png")
+    Image.fromarray((gray * 255).astype(np.uint8)).save(tmp_path / "gray.png")
+    jet, plain = read_scan(tmp_path / "jet.png"), read_scan(tmp_path / "gray.png")
+    assert jet.meta["colour_fraction"] > 0.2 and plain.meta["colour_fraction"] == 0.0
+    colour_result, gray_result = pipe.analyze([jet, plain], hospital=0, purify="never")
+    assert colour_result.in_distribution is False and colour_result.ood_reason == "colour"
+    assert gray_result.in_distribution is True and gray_result.ood_reason is None
+    # a tensor carries no file, so the caller passes the colour share (the app and CLI do, for attacked copies)
+    x = torch.from_numpy(np.stack([jet.image, plain.image]))[:, None]
+    again = pipe.analyze(x, hospital=0, purify="never", colours=[jet.meta["colour_fraction"], 0.0])
+    assert [r.ood_reason for r in again] == ["colour", None]
+    assert [r.ood_reason for r in pipe.analyze(x, hospital=0, purify="never")] == [None, None]
+
+
 def test_unknown_settings_are_rejected_with_a_suggestion():
     with pytest.raises(ValueError, match="did you mean 'lr'"):
         run_settings.resolve("classifier", {"lrr": 0.002})

@@ -396,6 +396,30 @@ def test_dicom_rgb(tmp_path):
     assert scan.image.mean() == pytest.approx(0.299, abs=1e-3)
 
 
+def test_colour_share_of_files(tmp_path, examples_dir):
+    """The out-of-distribution check reads each file's share of pixels in colour (MR slices are grayscale)."""
+    g = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
+    Image.merge("RGB", [Image.fromarray(g)] * 3).save(tmp_path / "gray_rgb.jpg", quality=90)
+    tinted = np.stack([g, g // 3, 255 - g], axis=2)
+    tinted[:, :32] = g[:, :32, None]  # the left half gray, the right half in colour
+    Image.fromarray(tinted).save(tmp_path / "half.png")
+    Image.fromarray(tinted).save(tmp_path / "half.jpg", quality=95)
+    assert read_scan(tmp_path / "gray_rgb.jpg").meta["colour_fraction"] == 0.0  # RGB JPEG of a gray image
+    assert read_scan(tmp_path / "half.png").meta["colour_fraction"] == pytest.approx(0.5, abs=0.05)
+    assert read_scan(tmp_path / "half.jpg").meta["colour_fraction"] == pytest.approx(0.5, abs=0.08)
+    # the grayscale decode of a colour JPEG is the one it always was (the share comes from a second decode)
+    with Image.open(tmp_path / "half.jpg") as im:
+        im.draft("L", (256, 256))
+        assert np.array_equal(read_scan(tmp_path / "half.jpg", size=None).image, np.asarray(im, np.float32) / 255)
+    arr = np.zeros((32, 32, 3), np.uint8)
+    arr[..., 0] = 255
+    assert read_scan(make_dicom(tmp_path / "rgb.dcm", arr, "RGB")).meta["colour_fraction"] == 1.0
+    assert read_scan(make_dicom(tmp_path / "mr.dcm", arr[..., 0])).meta["colour_fraction"] == 0.0
+    for f in examples_dir.iterdir():
+        if f.suffix in (".jpg", ".png"):
+            assert read_scan(f).meta["colour_fraction"] < 0.05, f.name
+
+
 def test_dicom_without_pixel_data(tmp_path):
     path = make_dicom(tmp_path / "sr.dcm", np.zeros((32, 32), np.uint8), pixel_data=False)
     with pytest.raises(ScanReadError, match=r"^sr\.dcm: this is a DICOM file without image data"):

@@ -41,6 +41,7 @@ def run(args) -> int:
 
     from medfedpure.attack_workflow import AttackSpec, analyze_attacked
     from medfedpure.io import ScanReadError, read_scan
+    from medfedpure.ood import OOD_WORDS
     from medfedpure.pipeline import MedFedPure
 
     try:
@@ -60,7 +61,7 @@ def run(args) -> int:
         try:
             scan = read_scan(path, frame=args.frame)
             run = analyze_attacked(pipe, torch.from_numpy(scan.image)[None, None], args.hospital, spec,
-                                   purify=args.purify, seed=args.seed)
+                                   purify=args.purify, seed=args.seed, colours=[scan.meta.get("colour_fraction")])
             res = run.result[0]
             row.update(ok=True, prediction=res.prediction,
                        probabilities=dict(zip(pipe.class_names, res.probabilities)),
@@ -69,7 +70,7 @@ def run(args) -> int:
                        final_probabilities=dict(zip(pipe.class_names, res.final_probabilities)),
                        tumour_type=res.tumour_type, tumour_type_probabilities=res.tumour_type_probabilities,
                        in_distribution=res.in_distribution, ood_score=res.ood_score,
-                       ood_threshold=res.ood_threshold,
+                       ood_threshold=res.ood_threshold, ood_reason=res.ood_reason,
                        latency_ms=res.timings_ms["total"], timings_ms=res.timings_ms, hospital=args.hospital,
                        attack=spec.name, clean_prediction=run.clean[0].prediction if run.clean is not None else None,
                        device=str(pipe.device))
@@ -84,8 +85,8 @@ def run(args) -> int:
             flag = f"FLAGGED (score {row['detector_score']:.4f} > {row['threshold']:.4f}), purified at t*={row['t_star']}" \
                 if row["flagged"] else f"not flagged (score {row['detector_score']:.4f} <= {row['threshold']:.4f})"
             kind = f" (looks like {row['tumour_type']}, if a tumour)" if row["tumour_type"] else ""
-            ood = "  NOT LIKE ANY TRAINING SCAN: do not read a diagnosis from it;" \
-                if row["in_distribution"] is False else ""
+            ood = (f"  NOT LIKE ANY TRAINING SCAN ({OOD_WORDS.get(row['ood_reason'], 'unlike them')}): do not read "
+                   "a diagnosis from it;") if row["in_distribution"] is False else ""
             print(f"{path}: {row['final_prediction']}{kind}  [{ood}{flag}; before: {row['prediction']}; "
                   f"{row['latency_ms']:.0f} ms]", flush=True)
         else:
