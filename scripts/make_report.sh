@@ -27,7 +27,8 @@
 #   STRONG_LIMIT     scans of the strong adaptive runs (default 200). They run only when ONLY names them:
 #                    adaptive-strong (100 steps, EOT 10, margin loss, 2 restarts, at 0.015 and 8/255) and
 #                    adaptive-known-seed (the same attacker knowing the purifier's noise: no EOT needed), and
-#                    adaptive-known-seed-16 (that attacker on 16 scans at 0.015: a documented subset). Hours
+#                    adaptive-known-seed-N (that attacker on STRONG_SUBSET scans at 0.015, default 16: a
+#                    documented subset, e.g. adaptive-known-seed-16 or, with STRONG_SUBSET=32, -32). Hours
 #                    on a CPU: each keeps its adversarial batches under .cache/attacks/<name>, so rerunning the
 #                    same command after a stop continues where it stopped (ATTACK_CACHE sets that folder).
 #                    STRONG_BATCH: scans attacked together (default 2, so a stop loses little).
@@ -73,7 +74,8 @@ ablation_limit=(--limit "$ABLATION_LIMIT")
 start=$(date +%s)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 mkdir -p "$OUT/runs"
-STRONG_RUNS="adaptive-strong adaptive-known-seed adaptive-known-seed-16"
+STRONG_SUBSET=${STRONG_SUBSET:-16}
+STRONG_RUNS="adaptive-strong adaptive-known-seed adaptive-known-seed-$STRONG_SUBSET"
 selected() {  # selected NAME: run NAME? (ONLY names it; without ONLY, every run but the strong ones)
   if [ -n "${ONLY:-}" ]; then [[ " $ONLY " == *" $1 "* ]]; else [[ " $STRONG_RUNS " != *" $1 "* ]]; fi
 }
@@ -133,10 +135,10 @@ strong=(--attack adaptive --eps 0.015,8/255 --step eps/10 --steps "$STRONG_STEPS
 evaluate adaptive-strong "${strong[@]}" --eot "$STRONG_EOT" --attack-cache "$ATTACK_CACHE/adaptive-strong"
 evaluate adaptive-known-seed "${strong[@]}" --eot 1 --known-seed --repeats 1 \
   --attack-cache "$ATTACK_CACHE/adaptive-known-seed"
-# Its documented subset (about 30 min on the 2-core CPU): 16 scans, the paper's budget only.
-evaluate adaptive-known-seed-16 --attack adaptive --eps 0.015 --step eps/10 --steps "$STRONG_STEPS" --loss margin \
-  --restarts 2 --eot 1 --known-seed --repeats 1 --limit 16 --pairs "$PAIRS" --adaptive-batch-size 2 \
-  --attack-cache "$ATTACK_CACHE/adaptive-known-seed-16"
+# Its documented subset (about 2 min per scan on the 2-core CPU): STRONG_SUBSET scans, the paper's budget only.
+evaluate "adaptive-known-seed-$STRONG_SUBSET" --attack adaptive --eps 0.015 --step eps/10 --steps "$STRONG_STEPS" \
+  --loss margin --restarts 2 --eot 1 --known-seed --repeats 1 --limit "$STRONG_SUBSET" --pairs "$PAIRS" \
+  --adaptive-batch-size 2 --attack-cache "$ATTACK_CACHE/adaptive-known-seed-$STRONG_SUBSET"
 
 # 7. Personalised vs FedAvg (vs local-only) on the hospitals' own held-out scans and the test split, from the
 #    training records shipped beside the checkpoints.
