@@ -1,23 +1,23 @@
 """Out-of-distribution check: is this a brain MRI slice like the ones the classifier was trained on?
 
 A blank image, noise, a photograph or a chest X-ray still gets a confident "tumour" / "no tumour" from any
-classifier. Before reading a diagnosis we ask two questions:
+classifier. Before reading a diagnosis we ask three questions:
 1. is there an image at all (not flat: an all-black or constant frame)?
-2. do the classifier's own features lie near the training scans'? Two levels (Lee et al., NeurIPS 2018, use
-   several): the texture statistics of the trunk's second stage (mean and std of each map), and the trunk's
-   output (distance to the nearest class mean). Each is a Mahalanobis distance under a shared, shrunk
-   covariance fitted on the training scans; each threshold is a high quantile of the validation scans' distances
-   times a margin, so that very few clean scans trip it (measured on the test split, see reports/ood.md).
-
-   A third question looks at the picture itself: the `layout` level, the scan averaged to 8 x 8 (where its
-   bright and dark parts lie), catches extreme crops and framings no scanner produces; `layer1` (first-stage
-   texture) catches regular patterns. Which levels: scripts/ood_candidates.py chose them on validation scans,
-   leave-one-source-out rates and development probes (reports/ood_candidates.md).
+2. is it a grayscale picture? MR slices are; a file with more than COLOUR_MAX of its pixels in colour is a
+   photograph, a screenshot or a colour-coded map (the file's colour share is measured by medfedpure.io).
+3. do its features lie near the training scans'? Four levels (Lee et al., NeurIPS 2018, use several): texture
+   statistics (mean and std of each map) of the classifier trunk's first and second stages, the trunk's output
+   (distance to the nearest class mean), and the scan's layout (averaged to 8 x 8: where its bright and dark
+   parts lie, which catches extreme crops). Each is a Mahalanobis distance under a shared, shrunk covariance
+   fitted on the training scans; each threshold is a high quantile of the validation scans' distances times a
+   margin, so that very few clean scans trip it (measured on the test split, see reports/ood.md). The levels
+   were chosen by scripts/ood_candidates.py on validation scans, leave-one-source-out rates and development
+   probes (reports/ood_candidates.md).
 
 The fitted statistics (`ood.<level>.means`, `ood.<level>.precision`) are stored in `ood.safetensors` beside the
 classifier's weights (older checkpoints: inside `model.safetensors`), the thresholds and recipe in its config
-(`ood`), and travel with the checkpoint. What it does not catch (a grayscale photograph, CT slices: images with
-a dark surround and smooth content) is listed in reports/ood.md.
+(`ood`), and travel with the checkpoint. What it does not catch (a grayscale photograph) is listed in
+reports/ood.md.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["OodCheck", "fit_ood", "trunk_features", "image_features", "FLAT_STD", "LEVELS", "OOD_FILE", "COLOUR_MAX", "OOD_WORDS",
-           "describe_levels", "reasons"]
+__all__ = ["COLOUR_MAX", "FLAT_STD", "LEVELS", "OOD_FILE", "OOD_WORDS", "OodCheck", "describe_levels", "fit_ood",
+           "image_features", "reasons", "trunk_features"]
 
 FLAT_STD = 1.0 / 255.0  # below this pixel standard deviation a frame holds no image
 PREFIX = "ood."
@@ -73,7 +73,7 @@ def image_features(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 class OodCheck:
-    """One Gaussian per feature level: class-conditional means for the trunk's output, one mean for layer2; a
+    """One Gaussian per feature level: class-conditional means for the trunk's output, one mean for the others; a
     shared shrunk covariance each. A scan is out of distribution when any level's distance exceeds its threshold.
     `score` is the largest distance / threshold ratio (1.0 = on the threshold)."""
 
