@@ -179,7 +179,7 @@ def _read_one(job: tuple[str, str, int]) -> tuple[str, np.ndarray | None, str | 
         return "", None, f"{rel}: the file cannot be opened ({exc.strerror or type(exc).__name__})."
     sha = hashlib.sha256(data).hexdigest()
     try:
-        scan = read_scan(data, size=size, name=Path(rel).name)
+        scan = read_scan(data, size=size, name=Path(rel).name, colour=False)  # training data: no colour probe
     except ScanReadError as exc:
         msg = str(exc)
         name = Path(rel).name

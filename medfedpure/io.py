@@ -96,6 +96,7 @@ def read_scan(
     frame: int | None = None,
     name: str | None = None,
     max_pixels: int = 60_000_000,
+    colour: bool = True,
 ) -> Scan:
     """Read a scan from a path, raw bytes or a binary file object.
 
@@ -103,7 +104,8 @@ def read_scan(
     frame: which frame of a multi-frame file (default: the first for TIFF/GIF, the middle one for DICOM).
     meta keys (None when unknown): format, mode, width, height (upright original pixels), frames, frame,
     modality, pixel_spacing, slice_thickness, bits_stored, window (DICOM: center, width, source, ...), size,
-    colour_fraction (share of pixels in colour; the out-of-distribution check reads it).
+    colour_fraction (share of pixels in colour; the out-of-distribution check reads it). colour=False skips the
+    second small decode a colour JPEG needs for it (colour_fraction None): data sets read for training.
     """
     f, name = _open(source, name)
     try:
@@ -113,8 +115,8 @@ def read_scan(
             image, meta = _dicom_image(obj, name, frame, max_pixels)
         else:
             image, meta, box = _raster_image(obj, name, size, frame, max_pixels)
-        if kind != "dicom":
-            meta["colour_fraction"] = _raster_colour_fraction(f)
+        if kind != "dicom" and meta["colour_fraction"] is None and colour:
+            meta["colour_fraction"] = _raster_colour_fraction(f)  # a JPEG decoded straight to luma
         if size is not None:
             image = _fit(image, size, shape=(meta["height"], meta["width"]), box=box)
         image = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
@@ -295,8 +297,16 @@ def _raster_image(im: Image.Image, name: str, size: int | None, frame: int | Non
     except Exception as exc:  # Pillow reports truncation as OSError, broken PNG chunks as SyntaxError, ...
         raise ScanReadError(f"{name}: the image file is truncated or damaged and cannot be decoded.") from exc
     ImageOps.exif_transpose(im, in_place=True)
+    if mode in GRAYSCALE_MODES:
+        colour = 0.0
+    elif im.mode in GRAYSCALE_MODES:  # libjpeg gave luma only: read_scan measures colour from a small decode
+        colour = None
+    else:  # measured on a nearest-neighbour thumbnail of the decoded picture: a share, not a detail
+        small = im.resize((min(64, im.width), min(64, im.height)), Image.Resampling.NEAREST)
+        colour = colour_fraction(np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0)
     image = _gray(im, name)
-    meta = _meta(format=fmt, mode=mode, width=width, height=height, frames=frames, frame=index)
+    meta = _meta(format=fmt, mode=mode, width=width, height=height, frames=frames, frame=index,
+                 colour_fraction=colour)
     return image, meta, box
 
 
@@ -304,22 +314,21 @@ def colour_fraction(rgb: np.ndarray) -> float:
     """Share of pixels whose channels differ by more than COLOUR_SPREAD; rgb (H, W, 3) scaled to [0, 1],
     read on a grid of at most about 64 x 64 pixels (a share, not a detail)."""
     step = max(1, max(rgb.shape[:2]) // 64)
-    a = rgb[::step, ::step].astype(np.float32)
-    return float(((a.max(axis=2) - a.min(axis=2)) > COLOUR_SPREAD).mean())
+    r, g, b = (rgb[::step, ::step, c].astype(np.float32) for c in range(3))  # channel-wise: fast reductions
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    return float((spread > COLOUR_SPREAD).mean())
 
 
 def _raster_colour_fraction(f) -> float | None:
-    """The file's colour share from a small second decode (JPEG: at 1/8 scale), so that the grayscale decode
-    of the scan itself stays exactly as it was; None when it cannot be measured (the scan is still read)."""
+    """A colour JPEG's colour share from a second decode at reduced scale (libjpeg decoded the scan itself
+    straight to luma, which must stay exactly as it was); None when it cannot be measured (the scan is still
+    read)."""
     try:
         f.seek(0)
         with Image.open(f) as im:
-            if im.mode in GRAYSCALE_MODES:
-                return 0.0
-            if im.format in ("JPEG", "MPO"):
-                im.draft("RGB", (64, 64))
-            im.thumbnail((128, 128))
-            return colour_fraction(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
+            im.draft("RGB", (64, 64))  # orientation does not change a share: no EXIF transpose
+            small = im.resize((min(64, im.width), min(64, im.height)), Image.Resampling.NEAREST)
+            return colour_fraction(np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0)
     except Exception:  # the colour share is advice: never fail a scan that decoded
         return None
 

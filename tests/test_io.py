@@ -407,6 +407,7 @@ def test_colour_share_of_files(tmp_path, examples_dir):
     assert read_scan(tmp_path / "gray_rgb.jpg").meta["colour_fraction"] == 0.0  # RGB JPEG of a gray image
     assert read_scan(tmp_path / "half.png").meta["colour_fraction"] == pytest.approx(0.5, abs=0.05)
     assert read_scan(tmp_path / "half.jpg").meta["colour_fraction"] == pytest.approx(0.5, abs=0.08)
+    assert read_scan(tmp_path / "half.jpg", colour=False).meta["colour_fraction"] is None  # data sets skip it
     # the grayscale decode of a colour JPEG is the one it always was (the share comes from a second decode)
     with Image.open(tmp_path / "half.jpg") as im:
         im.draft("L", (256, 256))
