@@ -107,3 +107,14 @@ def format_ci(rec: dict, metric: str, pct: Callable[[float], str] = lambda v: f"
         return "n/a"
     ci = rec.get("ci", {}).get(metric)
     return pct(v) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k / n (95% by default): honest at small n and near 0 or 1, where
+    the normal approximation is not."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))

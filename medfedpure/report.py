@@ -411,17 +411,49 @@ README_START = "<!-- results:start (written by scripts/make_report.sh; do not ed
 README_END = "<!-- results:end -->"
 
 
+def pooled_defended(attack: dict) -> tuple[int, int] | None:
+    """(correct, pairs) of the defended answers pooled over hospitals, for a run with one purifier seed (the
+    headline figure is the mean over hospitals, which weighs a hospital with one pair like one with three)."""
+    per = attack.get("per_hospital") or {}
+    if not per or any(len(h.get(ATTACK.robust_accuracy_defended, {}).get("values", [])) != 1 for h in per.values()):
+        return None
+    k = sum(h["n"] * h[ATTACK.robust_accuracy_defended]["values"][0] for h in per.values())
+    return int(round(k)), int(sum(h["n"] for h in per.values()))
+
+
+def strong_intervals(runs: dict) -> list[str]:
+    """One line per attack of a strong run (or its documented subset): pooled count and Wilson 95% interval."""
+    from medfedpure.metrics import wilson_interval
+
+    lines = []
+    for name, res in runs.items():
+        if not any(name == s or name.startswith(f"{s}-") for s in STRONG_RUNS):
+            continue
+        for a in res.get("attacks", []):
+            pooled = pooled_defended(a)
+            if pooled is None:
+                continue
+            k, n = pooled
+            lo, hi = wilson_interval(k, n)
+            lines.append(f"- `{name}`, {a['label']}: defended answers right on {k} of {n} pairs pooled over hospitals "
+                         f"({pct(k / n)}, 95% Wilson interval [{100 * lo:.1f}, {100 * hi:.1f}]).")
+    return lines
+
+
 def headline_markdown(runs: dict) -> str:
-    """The README's results table (HEADLINE_RUNS, every attack of each), from the same runs as the report."""
+    """The README's results table (HEADLINE_RUNS, every attack of each), from the same runs as the report, and
+    the strong runs' pooled intervals."""
     rows = [_row(n, res, i)[:11] for n, res in runs.items() if _in_headline(n)
             for i in range(len(res.get("attacks", [])))]
+    intervals = strong_intervals(runs)
     head = ["Run", "Attack", "Attacker sees", "Pairs", "Clean", "Clean, defended", "Robust, undefended",
             "Robust, defended", "Detection AUROC", "FPR", "TPR"]
     paper = PAPER
     return (_table(head, rows) + f"\n\nPaper (Table 2, PGD eps 0.015): clean {pct(paper['clean_accuracy'], 2)}, "
             f"robust {pct(paper['robust_accuracy_undefended'], 2)} without and "
             f"{pct(paper['robust_accuracy_defended'], 2)} with the defence. Full report: "
-            "[reports/REPORT.md](reports/REPORT.md).\n")
+            "[reports/REPORT.md](reports/REPORT.md).\n" + ("\nStrong adaptive runs, pooled:\n\n" + "\n".join(intervals) + "\n"
+                                                           if intervals else ""))
 
 
 def update_readme(readme: Path, block: str) -> None:

@@ -39,3 +39,29 @@ def test_breakdown_per_source_and_formatting():
     assert set(out) == {"a", "b"} and out["a"]["balanced_accuracy"] == 1.0 and out["b"]["specificity"] == 0.5
     assert format_ci(out["a"], "accuracy").startswith("100.0%")
     assert bootstrap_ci([1], [1], [0]) is None  # one group: no interval
+
+
+def test_wilson_interval_by_hand():
+    from medfedpure.metrics import wilson_interval
+
+    lo, hi = wilson_interval(7, 16)  # p = 0.4375: centre 0.449, half-width 0.219
+    assert round(lo, 3) == 0.231 and round(hi, 3) == 0.668
+    assert wilson_interval(0, 10)[0] == 0.0 and 0.27 < wilson_interval(0, 10)[1] < 0.28  # never below 0
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(10, 10)[0] > 0.69
+
+
+def test_strong_runs_get_a_pooled_count_and_interval():
+    from medfedpure.report import headline_markdown, strong_intervals
+
+    def hosp(n, acc):
+        return {"n": n, "robust_accuracy_defended": {"mean": acc, "std": 0.0, "values": [acc]}}
+
+    attack = {"label": "adaptive eps=0.015", "per_hospital": {"0": hosp(2, 0.5), "1": hosp(1, 1.0), "2": hosp(1, 0.0)}}
+    runs = {"paper": {"attacks": [{**attack, "label": "pgd"}]}, "adaptive-known-seed-32": {"attacks": [attack]},
+            "adaptive-strong": {"attacks": [{**attack, "per_hospital": {"0": {
+                "n": 2, "robust_accuracy_defended": {"mean": 0.5, "std": 0.1, "values": [0.4, 0.6]}}}}]}}
+    lines = strong_intervals(runs)
+    # only strong runs; two purifier seeds have no single pooled count, so adaptive-strong is left out
+    assert lines == ["- `adaptive-known-seed-32`, adaptive eps=0.015: defended answers right on 2 of 4 pairs pooled "
+                     "over hospitals (50.0%, 95% Wilson interval [15.0, 85.0])."]
+    assert "Strong adaptive runs, pooled" in headline_markdown({k: v for k, v in runs.items() if k != "paper"})
