@@ -403,6 +403,10 @@ def report_markdown(runs: dict, figures: dict, wall_time: float | None = None, r
         text += (f" The paper run: git commit {git.get('commit')}" + (" (with uncommitted changes)" if git.get("dirty") else "")
                  + f"; device {env.get('device')}, {env.get('torch_threads')} torch threads; "
                  + ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v) + ".")
+    commits = [f"`{name}` {str(res.get('git', {}).get('commit') or 'unknown')[:7]}"
+               + (" (uncommitted changes)" if res.get("git", {}).get("dirty") else "") for name, res in runs.items()]
+    if commits:  # runs are regenerated one by one (ONLY=...), so each names the code it ran
+        text += " Each run's git commit: " + ", ".join(commits) + "."
     out.append(text)
     return "\n".join(out) + "\n"
 
