@@ -38,8 +38,8 @@ LEVELS = ("layer2", "trunk", "layout", "layer1")  # chosen by scripts/ood_candid
 CLASS_CONDITIONAL = ("trunk",)  # distance to the nearest class mean; the other levels have one mean
 LAYOUT_SIDE = 8
 # A file with more than this share of its pixels in colour is a picture, not an MR slice (io.COLOUR_SPREAD says
-# what "in colour" means). Set at about 4x the most colourful training or validation file (4.6%, a caption bar),
-# so that a new source's coloured annotations still pass; photographs measured 28% to 74% (reports/ood.md).
+# what "in colour" means). Set at about 4x the most colourful training or validation file (4.7%, a caption bar),
+# so that a new source's coloured annotations still pass; the colour photograph of reports/ood.md has 51%.
 COLOUR_MAX = 0.20
 # What each out-of-distribution reason means, in the words the app and the command line show.
 OOD_WORDS = {"flat": "a blank image: every pixel has the same value",
