@@ -241,7 +241,9 @@ def main() -> int:
              f"Fitted on {res['n_train']} training scans, thresholds on {res['n_val']} validation scans "
              f"(1.25 x their 0.999 quantile). Development probes: {n_probe} (listed below; none of them is a probe "
              "of [ood.md](ood.md)); the test split is not read. Leave one source out: fit and threshold on the other "
-             "sources, count the held-out source's validation scans called out of distribution.", "",
+             "sources, count the held-out source's validation scans called out of distribution. These rates are the "
+             "features' alone: the check also calls every flat (all-black) frame out of distribution, which "
+             "[ood.md](ood.md) counts.", "",
              "| check | pooled val | " + " | ".join(f"new source: {f}" for f in fams) + " | dev probes caught |",
              "|---|---|" + "---|" * len(fams) + "---|"]
 
