@@ -336,6 +336,11 @@ def type_phrase(result) -> str:
                                                              if p is not None else "") + ".")
 
 
+def _colour_picture(result) -> bool:
+    """The out-of-distribution check turned the file away as a colour picture (not for its features)."""
+    return getattr(result, "ood_reason", None) == "colour"
+
+
 def ood_phrase(result) -> str:
     ind = getattr(result, "in_distribution", None)
     if ind is None:
@@ -347,7 +352,7 @@ def ood_phrase(result) -> str:
         where = f" (score {_fmt(result.ood_score)} {rel} threshold {_fmt(result.ood_threshold)})"
     if ind:
         return f"Out-of-distribution check: looks like the brain MRI slices the model was trained on{where}."
-    if getattr(result, "ood_reason", None) == "colour":
+    if _colour_picture(result):
         return (f"Out-of-distribution check: {OOD_WORDS['colour']} (more than {_pct(COLOUR_MAX)} of this file's "
                 f"pixels are in colour); its features alone score {_fmt(result.ood_score)} against a threshold of "
                 f"{_fmt(result.ood_threshold)}.")
@@ -367,7 +372,7 @@ def verdict(result, *, defence: bool = True, attack: str = "none", eps: float = 
     if blank:
         lines.append("### No diagnosis: the image is blank\nEvery pixel has the same value, so there is nothing "
                      "to analyze. The model's numbers below are not meaningful.")
-    elif unknown and getattr(result, "ood_reason", None) == "colour":
+    elif unknown and _colour_picture(result):
         lines.append("### No diagnosis: this is a colour picture, not an MRI slice\n"
                      "MRI slices are grayscale; a colour file is a photograph, a screenshot or a colour-coded map, "
                      "which the model was never trained on, so its answer would not mean anything. Upload the "
@@ -756,7 +761,7 @@ def batch_row(row: int, result=None, *, error: str | None = None, frame=None, sc
         return out
     ind = getattr(result, "in_distribution", None)
     unknown = blank or ind is False
-    colour = getattr(result, "ood_reason", None) == "colour"
+    colour = _colour_picture(result)
     status = "ok" if not unknown else ("blank image: no diagnosis" if blank else
                                        "colour picture, not an MRI slice: no diagnosis" if colour else
                                        "not a brain MRI slice the model knows: no diagnosis")

@@ -104,8 +104,9 @@ def read_scan(
     frame: which frame of a multi-frame file (default: the first for TIFF/GIF, the middle one for DICOM).
     meta keys (None when unknown): format, mode, width, height (upright original pixels), frames, frame,
     modality, pixel_spacing, slice_thickness, bits_stored, window (DICOM: center, width, source, ...), size,
-    colour_fraction (share of pixels in colour; the out-of-distribution check reads it). colour=False skips the
-    second small decode a colour JPEG needs for it (colour_fraction None): data sets read for training.
+    colour_fraction (share of pixels in colour; the out-of-distribution check reads it). colour=False skips
+    measuring it, and the second small decode a colour JPEG needs for it (colour_fraction None for raster
+    files): data sets read for training.
     """
     f, name = _open(source, name)
     try:
@@ -114,7 +115,7 @@ def read_scan(
         if kind == "dicom":
             image, meta = _dicom_image(obj, name, frame, max_pixels)
         else:
-            image, meta, box = _raster_image(obj, name, size, frame, max_pixels)
+            image, meta, box = _raster_image(obj, name, size, frame, max_pixels, colour)
         if kind != "dicom" and meta["colour_fraction"] is None and colour:
             meta["colour_fraction"] = _raster_colour_fraction(f)  # a JPEG decoded straight to luma
         if size is not None:
@@ -269,7 +270,8 @@ def _not_finite(name: str) -> ScanReadError:
 # raster images (Pillow)
 
 
-def _raster_image(im: Image.Image, name: str, size: int | None, frame: int | None, max_pixels: int):
+def _raster_image(im: Image.Image, name: str, size: int | None, frame: int | None, max_pixels: int,
+                  colour: bool = True):
     fmt, frames = im.format, int(getattr(im, "n_frames", 1))
     width, height = im.size
     _check_dims(name, width, height, max_pixels)  # before decoding anything: header only so far
@@ -297,16 +299,17 @@ def _raster_image(im: Image.Image, name: str, size: int | None, frame: int | Non
     except Exception as exc:  # Pillow reports truncation as OSError, broken PNG chunks as SyntaxError, ...
         raise ScanReadError(f"{name}: the image file is truncated or damaged and cannot be decoded.") from exc
     ImageOps.exif_transpose(im, in_place=True)
-    if mode in GRAYSCALE_MODES:
-        colour = 0.0
+    if not colour:
+        share = None
+    elif mode in GRAYSCALE_MODES:
+        share = 0.0
     elif im.mode in GRAYSCALE_MODES:  # libjpeg gave luma only: read_scan measures colour from a small decode
-        colour = None
-    else:  # measured on a nearest-neighbour thumbnail of the decoded picture: a share, not a detail
-        small = im.resize((min(64, im.width), min(64, im.height)), Image.Resampling.NEAREST)
-        colour = colour_fraction(np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0)
+        share = None
+    else:
+        share = _picture_colour_fraction(im)
     image = _gray(im, name)
     meta = _meta(format=fmt, mode=mode, width=width, height=height, frames=frames, frame=index,
-                 colour_fraction=colour)
+                 colour_fraction=share)
     return image, meta, box
 
 
@@ -319,6 +322,12 @@ def colour_fraction(rgb: np.ndarray) -> float:
     return float((spread > COLOUR_SPREAD).mean())
 
 
+def _picture_colour_fraction(im: Image.Image) -> float:
+    """Colour share of a decoded picture, on a nearest-neighbour thumbnail: a share, not a detail."""
+    small = im.resize((min(64, im.width), min(64, im.height)), Image.Resampling.NEAREST)
+    return colour_fraction(np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0)
+
+
 def _raster_colour_fraction(f) -> float | None:
     """A colour JPEG's colour share from a second decode at reduced scale (libjpeg decoded the scan itself
     straight to luma, which must stay exactly as it was); None when it cannot be measured (the scan is still
@@ -327,8 +336,7 @@ def _raster_colour_fraction(f) -> float | None:
         f.seek(0)
         with Image.open(f) as im:
             im.draft("RGB", (64, 64))  # orientation does not change a share: no EXIF transpose
-            small = im.resize((min(64, im.width), min(64, im.height)), Image.Resampling.NEAREST)
-            return colour_fraction(np.asarray(small.convert("RGB"), dtype=np.float32) / 255.0)
+            return _picture_colour_fraction(im)
     except Exception:  # the colour share is advice: never fail a scan that decoded
         return None
 

@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 __all__ = ["COLOUR_MAX", "FLAT_STD", "LEVELS", "OOD_FILE", "OOD_WORDS", "OodCheck", "describe_levels", "fit_ood",
-           "image_features", "reasons", "trunk_features"]
+           "fit_level", "image_features", "trunk_features"]
 
 FLAT_STD = 1.0 / 255.0  # below this pixel standard deviation a frame holds no image
 PREFIX = "ood."
@@ -94,13 +94,25 @@ class OodCheck:
         return torch.stack(ratios).max(0).values
 
     @torch.no_grad()
-    def check(self, classifier, x: torch.Tensor, feats: dict[str, torch.Tensor] | None = None):
-        """-> (in_distribution bool (N,), score (N,)); a flat frame is out of distribution whatever its score.
-        `feats`: the scans' `trunk_features` when the caller already has them (one trunk pass for everything)."""
+    def verdicts(self, classifier, x: torch.Tensor, feats: dict[str, torch.Tensor] | None = None,
+                 colours: list[float | None] | None = None):
+        """-> (in_distribution bool (N,), score (N,), reasons): why each scan is out of distribution, "flat" (no
+        image), "colour" (a colour picture, from each file's colour share in `colours`; None: not known) or
+        "features" (unlike the training scans), None when it is in distribution. A flat frame or a colour picture
+        is out whatever its score. `feats`: the scans' `trunk_features` when the caller already has them (one
+        trunk pass for everything)."""
         feats = trunk_features(classifier, x) if feats is None else {k: v.float().cpu() for k, v in feats.items()}
         s = self.scores({**feats, **image_features(x)}).numpy()
         flat = (x.flatten(1).std(dim=1) < FLAT_STD).cpu().numpy()
-        return (s <= self.threshold) & ~flat, s
+        colours = colours or [None] * len(s)
+        why = ["flat" if f else "colour" if c is not None and c > COLOUR_MAX else "features" if not v <= self.threshold
+               else None for f, c, v in zip(flat, colours, s)]
+        return np.array([w is None for w in why]), s, why
+
+    def check(self, classifier, x: torch.Tensor, feats: dict[str, torch.Tensor] | None = None):
+        """-> (in_distribution bool (N,), score (N,)) from the pixels alone (no file, so no colour share)."""
+        ok, s, _ = self.verdicts(classifier, x, feats)
+        return ok, s
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {}
@@ -127,17 +139,6 @@ class OodCheck:
         return cls(levels)
 
 
-def reasons(x: torch.Tensor, ok: np.ndarray, colour: list[float | None] | None = None) -> list[str | None]:
-    """Why each scan is out of distribution: "flat" (no image), "colour" (a colour picture, from the file's
-    colour share), "features" (unlike the training scans), or None (in distribution)."""
-    flat = (x.flatten(1).std(dim=1) < FLAT_STD).cpu().numpy()
-    colour = colour or [None] * len(ok)
-    out = []
-    for f, good, c in zip(flat, ok, colour):
-        out.append("flat" if f else "colour" if c is not None and c > COLOUR_MAX else None if good else "features")
-    return out
-
-
 def _gaussian(f: torch.Tensor, y: torch.Tensor | None, shrinkage: float):
     f = f.double()
     if y is None:
@@ -152,11 +153,21 @@ def _gaussian(f: torch.Tensor, y: torch.Tensor | None, shrinkage: float):
     return means.float(), torch.linalg.inv(cov).float()
 
 
+def fit_level(train_f: torch.Tensor, train_y: torch.Tensor | None, val_f: torch.Tensor, quantile: float = 0.999,
+              margin: float = 1.25, shrinkage: float = 0.1, dtype: torch.dtype = torch.float32):
+    """One level: its Gaussian fitted on training features (class-conditional when `train_y` is given), rounded
+    to `dtype` (how it is stored), and its threshold = margin x the `quantile` of the validation scans'
+    distances. -> (means, precision, threshold, validation distances)."""
+    means, precision = _gaussian(train_f, train_y, shrinkage)
+    means, precision = means.to(dtype).float(), precision.to(dtype).float()
+    d = OodCheck._distance(val_f, means, precision).numpy()
+    return means, precision, float(np.quantile(d, quantile) * margin), d
+
+
 def fit_ood(classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
             quantile: float = 0.999, margin: float = 1.25, shrinkage: float = 0.1,
             levels: tuple[str, ...] = LEVELS, dtype: torch.dtype = torch.float32) -> tuple[OodCheck, dict]:
-    """Fit each level's Gaussian on training features; its threshold = margin x the `quantile` of the
-    validation scans' distances, measured with the statistics rounded to `dtype` (how they are stored).
+    """Fit each level (`fit_level`) on the training scans' features, thresholds from the validation scans'.
     -> (check, record for config.json)."""
     tr = {**trunk_features(classifier, train_x), **image_features(train_x)}
     va = {**trunk_features(classifier, val_x), **image_features(val_x)}
@@ -164,10 +175,8 @@ def fit_ood(classifier, train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
                           "fitted_on": f"{len(train_x)} training scans", "calibrated_on": f"{len(val_x)} validation scans",
                           "levels": {}}
     for k in levels:
-        means, precision = _gaussian(tr[k], train_y.long() if k in CLASS_CONDITIONAL else None, shrinkage)
-        means, precision = means.to(dtype).float(), precision.to(dtype).float()
-        d = OodCheck._distance(va[k], means, precision).numpy()
-        thr = float(np.quantile(d, quantile) * margin)
+        means, precision, thr, d = fit_level(tr[k], train_y.long() if k in CLASS_CONDITIONAL else None, va[k],
+                                             quantile, margin, shrinkage, dtype)
         fitted[k] = (means, precision, thr)
         record["levels"][k] = {"threshold": thr, "val_quantiles": [float(q) for q in np.quantile(d, [0.5, 0.99, 1.0])]}
     record["threshold"] = 1.0

@@ -23,7 +23,6 @@ from medfedpure.hub import resolve_model
 from medfedpure.models.classifier import Gate, HospitalClassifier, MixtureOfExpertsClassifier
 from medfedpure.models.mae import MaskedAutoencoder
 from medfedpure.models.purifier import DiffusionPurifier
-from medfedpure.ood import reasons as ood_reasons
 
 PURIFY_MODES = ("flagged", "always", "never")
 
@@ -242,10 +241,8 @@ class MedFedPure:
             logp, type_logits, feats = model(x), None, None
         probs = logp.exp()
         timings["classify"] = clock.lap()
-        ood = self.ood.check(self.classifier, x, feats) if self.ood is not None else None
+        ood = self.ood.verdicts(self.classifier, x, feats, colours) if self.ood is not None else None
         if ood is not None:
-            why = ood_reasons(x, ood[0], colours)
-            ood = (ood[0] & np.array([w is None for w in why]), ood[1], why)
             timings["ood"] = clock.lap()
         recon, err, score = self.detect(x)
         timings["detect"] = clock.lap()

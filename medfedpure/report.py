@@ -292,8 +292,13 @@ def load_runs(runs_dir: Path) -> dict:
     return runs
 
 
+def _is_strong(name: str) -> bool:
+    """A strong adaptive run or one of its documented subsets (`<run>-<n scans>`)."""
+    return any(name == s or name.startswith(f"{s}-") for s in STRONG_RUNS)
+
+
 def _in_headline(name: str) -> bool:
-    return name in HEADLINE_RUNS or any(name.startswith(f"{h}-") for h in STRONG_RUNS)
+    return name in HEADLINE_RUNS or _is_strong(name)
 
 
 def _row(name: str, res: dict | None, attack_index: int = 0) -> list[str] | None:
@@ -431,7 +436,7 @@ def strong_intervals(runs: dict) -> list[str]:
 
     lines = []
     for name, res in runs.items():
-        if not any(name == s or name.startswith(f"{s}-") for s in STRONG_RUNS):
+        if not _is_strong(name):
             continue
         for a in res.get("attacks", []):
             pooled = pooled_defended(a)

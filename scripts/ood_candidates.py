@@ -129,14 +129,16 @@ def features(pipe, x, batch: int = 64) -> dict[str, np.ndarray]:
 
 
 class Level:
+    """A candidate level fitted by the shipped recipe (`medfedpure.ood.fit_level`)."""
+
     def __init__(self, train_f, train_y, val_f, class_conditional: bool):
         import torch
 
-        from medfedpure.ood import _gaussian
+        from medfedpure.ood import fit_level
 
-        self.means, self.precision = _gaussian(torch.from_numpy(train_f), torch.from_numpy(train_y)
-                                               if class_conditional else None, SHRINKAGE)
-        self.threshold = float(np.quantile(self.distance(val_f), QUANTILE) * MARGIN)
+        y = torch.from_numpy(train_y).long() if class_conditional else None
+        self.means, self.precision, self.threshold, _ = fit_level(
+            torch.from_numpy(train_f), y, torch.from_numpy(val_f).float(), QUANTILE, MARGIN, SHRINKAGE)
 
     def distance(self, f) -> np.ndarray:
         import torch
@@ -150,7 +152,9 @@ class Level:
 
 
 def fit_levels(feats, train_m, val_m, y) -> dict[str, Level]:
-    return {k: Level(feats[k][train_m], y[train_m], feats[k][val_m], class_conditional=(k == "trunk"))
+    from medfedpure.ood import CLASS_CONDITIONAL
+
+    return {k: Level(feats[k][train_m], y[train_m], feats[k][val_m], class_conditional=k in CLASS_CONDITIONAL)
             for k in SHIPPED + CANDIDATES}
 
 

@@ -77,7 +77,7 @@ def main() -> int:
 
     from medfedpure.evaluation import load_scans
     from medfedpure.io import COLOUR_SPREAD
-    from medfedpure.ood import COLOUR_MAX, describe_levels, reasons
+    from medfedpure.ood import COLOUR_MAX, describe_levels
     from medfedpure.pipeline import MedFedPure
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,8 +106,7 @@ def main() -> int:
             test_images = scans.images
     probes = _probes(pipe.classifier_size if hasattr(pipe, "classifier_size") else 128, test_images)
     x = torch.from_numpy(np.stack([image for image, _ in probes.values()]))[:, None]
-    ok, score = pipe.ood.check(pipe.classifier, x)
-    why = reasons(x, ok, [colour for _, colour in probes.values()])
+    _, score, why = pipe.ood.verdicts(pipe.classifier, x, colours=[colour for _, colour in probes.values()])
     probs = pipe.classifier_for(0)(x).exp()[:, 1].detach().numpy()
     for (name, (_, colour)), w, s, pt in zip(probes.items(), why, score, probs):
         res["probes"][name] = {"in_distribution": w is None, "reason": w, "score": float(s), "colour_fraction": colour,
