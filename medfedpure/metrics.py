@@ -118,3 +118,12 @@ def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def paired_bootstrap_interval(better, base, seed: int = 0, draws: int = 2000) -> tuple[float, float]:
+    """95% bootstrap interval (resampling scans) of mean(better) - mean(base): two per-scan scores of the same
+    scans (0/1 correctness, or a mean of several), so the pairing cancels what the scans share."""
+    diff = np.asarray(better, dtype=float) - np.asarray(base, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(draws, len(diff)))].mean(1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))

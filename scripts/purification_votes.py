@@ -26,19 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 BUDGETS = {"clean": None, "pgd 0.015 (7 steps)": (0.015, 0.003, 7), "pgd 8/255 (10 steps)": (8 / 255, 2 / 255, 10)}
 
 
-def _paired_interval(better: np.ndarray, base: np.ndarray, seed: int = 0, draws: int = 2000) -> tuple:
-    """95% bootstrap interval (over scans) of mean(better) - mean(base), both per-scan 0/1 correctness."""
-    rng = np.random.default_rng(seed)
-    diff = better.astype(float) - base.astype(float)
-    boots = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(draws)]
-    return float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
-
-
 def main() -> int:
     import torch
 
     from medfedpure.attacks import make_attack
     from medfedpure.evaluation import _stratified_pick, load_scans
+    from medfedpure.metrics import paired_bootstrap_interval
     from medfedpure.evaluation.defence import _Defence
     from medfedpure.pipeline import MedFedPure
 
@@ -93,7 +86,7 @@ def main() -> int:
         rows = {}
         for k in range(1, args.k + 1):
             got = np.concatenate(correct[name][k])
-            lo, hi = _paired_interval(got, base)
+            lo, hi = paired_bootstrap_interval(got, base)
             rows[str(k)] = {"accuracy": float(got.mean()), "change_vs_1": float(got.mean() - base.mean()),
                             "change_interval_95": [lo, hi]}
         out["budgets"][name] = {"flagged_fraction": float(np.concatenate(flagged[name]).mean()), "by_k": rows}

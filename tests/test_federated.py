@@ -161,6 +161,49 @@ def test_train_classifier_reduces_loss(scans):
     assert after["num-examples"] == len(x)
 
 
+def test_pgd_batch_stays_in_the_ball_and_raises_the_loss(scans):
+    x, y = scans
+    torch.manual_seed(0)
+    model = build_model("classifier", {**TINY_CLASSIFIER, "width": 16})
+    for e in range(3):
+        steps.train_classifier(model, x, y, epochs=1, lr=3e-3, batch_size=8, seed=e)
+    model.train()
+    eps = 8 / 255
+    adv = steps.pgd_batch(model, x, y, eps, 5, torch.Generator().manual_seed(0))
+    assert model.training  # the attack switches to eval mode and back
+    assert not adv.requires_grad and adv.min() >= 0 and adv.max() <= 1
+    assert (adv - x).abs().max() <= eps + 1e-6
+    model.eval()
+    with torch.no_grad():
+        clean_loss = torch.nn.functional.nll_loss(model(x), y).item()
+        adv_loss = torch.nn.functional.nll_loss(model(adv), y).item()
+    assert adv_loss > clean_loss + 0.05, (clean_loss, adv_loss)
+    again = steps.pgd_batch(model, x, y, eps, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(adv, again)  # seeded
+
+
+def test_adversarial_training_makes_the_model_harder_to_attack(scans):
+    """Same seeds and epochs; the adversarially trained model loses less under the same PGD."""
+    x, y = scans
+
+    def trained(adversarial):
+        torch.manual_seed(0)
+        model = build_model("classifier", {**TINY_CLASSIFIER, "width": 16})
+        for e in range(12):
+            out = steps.train_classifier(model, x, y, epochs=1, lr=3e-3, batch_size=8, seed=e, adversarial=adversarial)
+            assert math.isfinite(out["loss"])
+        return model.eval()
+
+    eps = 8 / 255
+    losses = {}
+    for name, adv in (("plain", steps.Adversarial()), ("adversarial", steps.Adversarial(eps, 0.5, 3))):
+        model = trained(adv)
+        xa = steps.pgd_batch(model, x, y, eps, 7, torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            losses[name] = torch.nn.functional.nll_loss(model(xa), y).item()
+    assert losses["adversarial"] < losses["plain"], losses
+
+
 def test_balanced_class_weights_equalise_classes():
     labels = torch.tensor([1] * 8 + [0] * 2)
     w = steps.balanced_class_weights(labels, 2)

@@ -65,3 +65,16 @@ def test_strong_runs_get_a_pooled_count_and_interval():
     assert lines == ["- `adaptive-known-seed-32`, adaptive eps=0.015: defended answers right on 2 of 4 pairs pooled "
                      "over hospitals (50.0%, 95% Wilson interval [15.0, 85.0])."]
     assert "Strong adaptive runs, pooled" in headline_markdown({k: v for k, v in runs.items() if k != "paper"})
+
+
+def test_paired_bootstrap_interval():
+    from medfedpure.metrics import paired_bootstrap_interval
+
+    base = np.array([1, 0, 1, 0] * 25)
+    assert paired_bootstrap_interval(base, base) == (0.0, 0.0)
+    assert paired_bootstrap_interval(np.ones(100), np.zeros(100)) == (1.0, 1.0)
+    better = base.copy()
+    better[1::4][:10] = 1  # 10 of 100 scans gained, none lost: the interval lies above 0 and holds +0.10
+    lo, hi = paired_bootstrap_interval(better, base)
+    assert 0 < lo < 0.10 < hi
+    assert paired_bootstrap_interval(better, base) == (lo, hi)  # seeded

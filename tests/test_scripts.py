@@ -36,14 +36,3 @@ def test_model_free_score_rises_with_noise_in_the_background():
     noisy = np.clip(clean.astype(int) + noise, 0, 255).astype(np.uint8)
     s = check.model_free_scores(np.concatenate([clean, noisy]), "background_highpass")
     assert s[1] > s[0] + 0.005
-
-
-def test_paired_interval_of_the_purification_votes():
-    votes = _load("purification_votes")
-    base = np.array([1, 0, 1, 0] * 25)
-    assert votes._paired_interval(base, base) == (0.0, 0.0)
-    assert votes._paired_interval(np.ones(100), np.zeros(100)) == (1.0, 1.0)
-    better = base.copy()
-    better[1::4][:10] = 1  # 10 of 100 scans gained, none lost: the interval lies above 0 and holds +0.10
-    lo, hi = votes._paired_interval(better, base)
-    assert 0 < lo < 0.10 < hi

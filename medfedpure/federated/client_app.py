@@ -131,7 +131,10 @@ def train(msg: Message, context: Context) -> Message:
                                          lr=_round_lr(cfg), batch_size=int(cfg["batch-size"]), seed=seed,
                                          device=device, class_weights=weights, sample_weights=sampling,
                                          tumour_types=data.train_types, type_weight=float(cfg["type-weight"]),
-                                         augmentation=str(cfg["augmentation"]))
+                                         augmentation=str(cfg["augmentation"]),
+                                         adversarial=steps.Adversarial(float(cfg["adversarial-eps"]),
+                                                                       float(cfg["adversarial-fraction"]),
+                                                                       int(cfg["adversarial-steps"])))
     elif kind == "mae":
         metrics = steps.train_mae(model, data.train_x, epochs=int(cfg["local-epochs"]), lr=_round_lr(cfg),
                                   batch_size=int(cfg["batch-size"]), seed=seed, device=device,

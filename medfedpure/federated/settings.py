@@ -36,6 +36,10 @@ PER_MODEL = {
         "type-weight": 0.5,   # weight of the tumour-type loss (scans whose source names the type)
         # a fine-tune of the same hospitals: each hospital also starts from its own gate in init-from's checkpoint
         "init-gates": False,
+        # adversarial fine-tuning: > 0 replaces `adversarial-fraction` of every batch by L-inf PGD copies crafted
+        # on the hospital's current model (eps drawn per batch in [eps/2, eps], `adversarial-steps` steps), so the
+        # perturbation that survives purification moves the answer less (see steps.pgd_batch)
+        "adversarial-eps": 0.0, "adversarial-fraction": 0.5, "adversarial-steps": 3,
         "num-rounds": 20, "local-epochs": 2, "lr": 1e-3, "batch-size": 32,
         "model-config": {"num_classes": 2, "num_experts": 3, "width": 32, "gate_width": 16, "expert_type": "head",
                          "norm": "group", "num_types": 3, "input_norm": "scan"},

@@ -6,6 +6,7 @@ Nothing here knows about Flower. Every function takes images as float tensors (N
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
@@ -124,17 +125,46 @@ def balanced_class_weights(labels: torch.Tensor, num_classes: int, max_weight: f
     return weights.clamp(max=max_weight)
 
 
+@dataclass(frozen=True)
+class Adversarial:
+    """Adversarial fine-tuning of the classifier: `eps` 0 is off."""
+
+    eps: float = 0.0
+    fraction: float = 0.5
+    steps: int = 3
+
+
+def pgd_batch(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+              generator: torch.Generator) -> torch.Tensor:
+    """L-inf PGD copies of x (random start, step 2.5 eps / steps) on `model` (log-probabilities), in eval mode so
+    the attack sees the model the defence will run; seeded by `generator`. Returns detached scans in [0, 1]."""
+    was_training = model.training
+    model.eval()
+    delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * eps
+    adv = (x + delta).clamp(0, 1)
+    step = 2.5 * eps / max(steps, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = F.nll_loss(model(adv), y)
+        (grad,) = torch.autograd.grad(loss, adv)
+        adv = torch.min(torch.max(adv.detach() + step * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    model.train(was_training)
+    return adv.detach()
+
+
 def train_classifier(model, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 1, lr: float = 1e-3,
                      batch_size: int = 32, seed: int = 0, device: torch.device | str = "cpu",
                      weight_decay: float = 1e-4, class_weights: torch.Tensor | None = None,
                      sample_weights: torch.Tensor | None = None, tumour_types: torch.Tensor | None = None,
-                     type_weight: float = 0.5, augmentation: str = "mild") -> dict:
+                     type_weight: float = 0.5, augmentation: str = "mild",
+                     adversarial: Adversarial = Adversarial()) -> dict:
     """Local training of the whole mixture (experts, gate, tumour-type head). Returns loss, accuracy, count.
 
     `class_weights` (one per class) reweights the loss, e.g. `balanced_class_weights(labels, C)`;
     `sample_weights` (one per scan) instead draws each epoch's scans with replacement in those proportions
     (`stratum_sampling_weights`). `tumour_types` (index per scan, -1 where unknown) adds `type_weight` x the
-    type head's cross-entropy on the scans that have a type (partial labels).
+    type head's cross-entropy on the scans that have a type (partial labels). `adversarial` (eps > 0) replaces
+    the first `fraction` of every batch by PGD copies on the current model (`pgd_batch`).
     """
     gen = torch.Generator().manual_seed(seed)
     model.to(device).train()
@@ -154,6 +184,10 @@ def train_classifier(model, images: torch.Tensor, labels: torch.Tensor, *, epoch
                 continue
             x = augment(images[idx], gen, augmentation).to(device)
             y = labels[idx].to(device)
+            n_adv = round(adversarial.fraction * len(idx)) if adversarial.eps > 0 else 0
+            if n_adv:
+                eps = adversarial.eps * (0.5 + 0.5 * float(torch.rand((), generator=gen)))
+                x = torch.cat([pgd_batch(model, x[:n_adv], y[:n_adv], eps, adversarial.steps, gen), x[n_adv:]])
             logp, type_logits = model.mixture_and_type(x, model.gate) if has_types else (model(x), None)
             loss = F.nll_loss(logp, y, weight=class_weights)
             if type_logits is not None:
