@@ -5,7 +5,7 @@
 `--runs` holds four `evaluate --split val` folders: shipped-paper, shipped-8 (the shipped classifier under the
 paper's PGD and at 8/255) and cand-paper, cand-8 (the same with `--classifier <candidate>`). The rule is the one
 written in the report before the candidate was trained (its "Rule" section); this script appends the
-measurement and the verdict under it, replacing an earlier "Measured" section.
+measurement and the verdict under it, replacing an earlier "Measured" section (later sections stay).
 """
 
 from __future__ import annotations
@@ -67,15 +67,17 @@ def main() -> int:
     runs = {name: _load(Path(args.runs) / name) for name in ("shipped-paper", "shipped-8", "cand-paper", "cand-8")}
     lines, keep = verdict(runs)
     report = Path(args.report)
-    text = report.read_text().split("\n## Measured")[0].rstrip() + "\n"
+    text = report.read_text()
+    before, _, rest = text.partition("\n## Measured")
+    after = rest[rest.find("\n## "):] if "\n## " in rest else ""  # sections written after the measurement stay
     seconds = sum(r["timings_s"]["total"] for r in runs.values())
     header = ["", "## Measured", "",
               f"Commands: `{args.command}`; then `python -m medfedpure evaluate --data ../shared/data --split val "
               "--limit 24 --repeats 2` (and `--eps 8/255 --step 2/255 --steps 10`), each with and without "
               f"`--classifier <candidate>`: {seconds / 60:.0f} min of evaluation on this CPU; then `python "
               f"scripts/compare_classifiers.py --runs <those folders> --report {args.report}`. Defended figures: "
-              "mean ± std over two purifier seeds.", ""]
-    report.write_text(text + "\n".join(header + lines) + "\n")
+              "mean ± std over two purifier seeds. Per-source figures: the evaluation's own per-source table.", ""]
+    report.write_text(before.rstrip() + "\n" + "\n".join(header + lines) + "\n" + after)
     print("\n".join(lines))
     return 0 if keep else 1
 

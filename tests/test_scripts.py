@@ -36,3 +36,25 @@ def test_model_free_score_rises_with_noise_in_the_background():
     noisy = np.clip(clean.astype(int) + noise, 0, 255).astype(np.uint8)
     s = check.model_free_scores(np.concatenate([clean, noisy]), "background_highpass")
     assert s[1] > s[0] + 0.005
+
+
+def test_classifier_comparison_rule():
+    compare = _load("compare_classifiers")
+
+    def run(clean, defended, sources):
+        return {"n": 240, "clean_accuracy": clean, "clean_accuracy_defended": {"mean": clean},
+                "robust_accuracy_undefended": 0.3, "robust_accuracy_defended": {"mean": defended, "std": 0.0},
+                "detection_auroc": 0.99, "false_positive_rate": 0.02, "true_positive_rate": 0.95,
+                "per_source": {k: {"accuracy": v, "n": 96} for k, v in sources.items()}}
+
+    shipped = {"shipped-paper": run(0.867, 0.725, {"a": 0.77, "b": 1.0}),
+               "shipped-8": run(0.867, 0.602, {"a": 0.77, "b": 1.0})}
+    better = {"cand-paper": run(0.862, 0.76, {"a": 0.76, "b": 0.99}), "cand-8": run(0.862, 0.64, {"a": 0.76, "b": 0.99})}
+    lines, keep = compare.verdict({**shipped, **better})
+    assert keep and lines[-1].endswith("replaces the shipped classifier.**")
+    # the measured candidate: no gain at 0.015, 5 points of clean accuracy lost, one source down 8 points
+    worse = {"cand-paper": run(0.817, 0.723, {"a": 0.729, "b": 0.917}), "cand-8": run(0.817, 0.644, {"a": 0.729, "b": 0.917})}
+    lines, keep = compare.verdict({**shipped, **worse})
+    assert not keep
+    fails = [line for line in lines if line.endswith("FAIL")]
+    assert len(fails) == 4 and any("PGD 0.015" in f for f in fails) and any("on b" in f for f in fails)
