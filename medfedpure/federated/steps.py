@@ -136,20 +136,16 @@ class Adversarial:
 
 def pgd_batch(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
               generator: torch.Generator) -> torch.Tensor:
-    """L-inf PGD copies of x (random start, step 2.5 eps / steps) on `model` (log-probabilities), in eval mode so
-    the attack sees the model the defence will run; seeded by `generator`. Returns detached scans in [0, 1]."""
+    """L-inf PGD copies of x on `model` (log-probabilities): the project's seeded PGD (`attacks.make_attack`,
+    random start, step 2.5 eps / steps), its seed drawn from `generator`. The attack runs the model in eval mode,
+    as the defence will; the model's training mode is restored after. Returns detached scans in [0, 1]."""
+    from medfedpure.attacks import make_attack  # torchattacks: only when adversarial training is on
+
     was_training = model.training
-    model.eval()
-    delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * eps
-    adv = (x + delta).clamp(0, 1)
-    step = 2.5 * eps / max(steps, 1)
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        loss = F.nll_loss(model(adv), y)
-        (grad,) = torch.autograd.grad(loss, adv)
-        adv = torch.min(torch.max(adv.detach() + step * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    seed = int(torch.randint(2**31, (), generator=generator))
+    adv = make_attack("pgd", model, eps=eps, step=2.5 * eps / max(steps, 1), steps=steps, seed=seed)(x, y)
     model.train(was_training)
-    return adv.detach()
+    return adv
 
 
 def train_classifier(model, images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 1, lr: float = 1e-3,
