@@ -35,6 +35,50 @@ DEPTHS = (0, 40, 80, 120, 160, 200, 250)
 BUDGETS = {"pgd 0.015": (0.015, 0.003, 7), "pgd 8/255": (8 / 255, 2 / 255, 10)}
 
 
+MIN_GAIN = 0.02  # attacked accuracy a change must add (its paired interval above 0 as well)
+MAX_CLEAN_DROP_STEPS, MAX_CLEAN_DROP_T_MAX = 0.005, 0.02
+
+
+def per_scan(hits: dict, kinds, steps: int, depths) -> np.ndarray:
+    """Each scan's mean correctness over the given kinds ("clean" or budget names) and depths."""
+    return np.mean([np.asarray(hits[(k, steps, t)]) for k in kinds for t in depths], axis=0)
+
+
+def _compare(hits: dict, new: tuple[int, list], old: tuple[int, list], max_clean_drop: float, seed: int) -> dict:
+    """One change against the shipped setting, each a (steps, depths) pair: attacked gain over both budgets with
+    its paired interval, clean change, and whether the rule passes it."""
+    attacked_new, attacked_old = per_scan(hits, BUDGETS, *new), per_scan(hits, BUDGETS, *old)
+    gain = float((attacked_new - attacked_old).mean())
+    clean = float((per_scan(hits, ["clean"], *new) - per_scan(hits, ["clean"], *old)).mean())
+    lo, hi = paired_bootstrap_interval(attacked_new, attacked_old, seed=seed)
+    return {"attacked_gain": gain, "interval": [lo, hi], "clean_change": clean,
+            "passes": bool(gain >= MIN_GAIN and lo > 0 and clean >= -max_clean_drop)}
+
+
+def _best(shipped, verdicts: dict):
+    """The passing option with the largest attacked gain (the first of equals), else the shipped one."""
+    passing = [k for k, v in verdicts.items() if v["passes"]]
+    return max(passing, key=lambda k: verdicts[k]["attacked_gain"]) if passing else shipped
+
+
+def apply_rule(hits: dict, steps_list: list[int], shipped: int, t_min: int, t_max: int, seed: int = 0):
+    """The docstring's rule on the per-scan results. -> (step verdicts, chosen steps, t_max verdicts, chosen
+    t_max)."""
+    in_range = [t for t in DEPTHS if t_min <= t <= t_max]
+    verdicts = {steps: _compare(hits, (steps, in_range), (shipped, in_range), MAX_CLEAN_DROP_STEPS, seed)
+                for steps in steps_list if steps != shipped}
+    chosen = _best(shipped, verdicts)
+    depth_verdicts = {t: _compare(hits, (chosen, [t]), (chosen, [t_max]), MAX_CLEAN_DROP_T_MAX, seed)
+                      for t in DEPTHS if t > t_max}
+    return verdicts, chosen, depth_verdicts, _best(t_max, depth_verdicts)
+
+
+def _verdict_line(label: str, v: dict) -> str:
+    return (f"- {label}: attacked {100 * v['attacked_gain']:+.1f} points ([{100 * v['interval'][0]:+.1f}, "
+            f"{100 * v['interval'][1]:+.1f}]), clean {100 * v['clean_change']:+.1f} points: "
+            f"{'passes' if v['passes'] else 'does not pass'}.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="pretrained")
@@ -87,40 +131,9 @@ def main() -> None:
     pipe.ddim_steps = shipped
     seconds = time.time() - started
     acc = {k: float(np.mean(v)) for k, v in hits.items()}
-    in_range = [t for t in DEPTHS if pipe.t_min <= t <= pipe.t_max]
-
-    def range_mean(kinds, steps) -> np.ndarray:
-        """Per-scan mean correctness over the shipped depth range and the given kinds."""
-        return np.mean([np.asarray(hits[(k, steps, t)]) for k in kinds for t in in_range], axis=0)
-
-    verdicts, chosen = {}, shipped
-    best_gain = 0.0
-    for steps in steps_list:
-        if steps == shipped:
-            continue
-        new, old = range_mean(BUDGETS, steps), range_mean(BUDGETS, shipped)
-        d_adv = new - old
-        d_clean = range_mean(["clean"], steps) - range_mean(["clean"], shipped)
-        lo, hi = paired_bootstrap_interval(new, old, seed=args.seed)
-        passes = d_adv.mean() >= 0.02 and lo > 0 and d_clean.mean() >= -0.005
-        verdicts[steps] = {"attacked_gain": float(d_adv.mean()), "interval": [lo, hi],
-                           "clean_change": float(d_clean.mean()), "passes": bool(passes)}
-        if passes and d_adv.mean() > best_gain:
-            chosen, best_gain = steps, float(d_adv.mean())
-    def at(kinds, steps, t) -> np.ndarray:
-        return np.mean([np.asarray(hits[(k, steps, t)]) for k in kinds], axis=0)
-
-    t_max, depth_verdicts = pipe.t_max, {}
-    for t in (d for d in DEPTHS if d > pipe.t_max):
-        new, old = at(BUDGETS, chosen, t), at(BUDGETS, chosen, pipe.t_max)
-        d_adv = new - old
-        d_clean = at(["clean"], chosen, t) - at(["clean"], chosen, pipe.t_max)
-        lo, hi = paired_bootstrap_interval(new, old, seed=args.seed)
-        passes = d_adv.mean() >= 0.02 and lo > 0 and d_clean.mean() >= -0.02
-        depth_verdicts[t] = {"attacked_gain": float(d_adv.mean()), "interval": [lo, hi],
-                             "clean_change": float(d_clean.mean()), "passes": bool(passes)}
-        if passes and t > t_max and (t_max == pipe.t_max or d_adv.mean() > depth_verdicts[t_max]["attacked_gain"]):
-            t_max = t
+    in_range = [t for t in DEPTHS if pipe.t_min <= t <= pipe.t_max]  # for the report's rule line
+    verdicts, chosen, depth_verdicts, t_max = apply_rule(hits, steps_list, shipped, pipe.t_min, pipe.t_max,
+                                                         args.seed)
     kinds = ["clean", *BUDGETS]
     lines = ["# Purification depth and DDIM steps (validation scans only)", "",
              f"Command: `python scripts/purification_depth.py --model {args.model} --cache <cache of the split>"
@@ -137,14 +150,9 @@ def main() -> None:
               f"Rule fixed beforehand (see the script): over t in {in_range} and both budgets, another step count "
               "must raise attacked accuracy by at least 2 points (95% paired bootstrap interval above 0) and cost "
               "clean accuracy at most 0.5 points.", ""]
-    for steps, v in verdicts.items():
-        lines.append(f"- {steps} DDIM steps against {shipped}: attacked {100 * v['attacked_gain']:+.1f} points "
-                     f"([{100 * v['interval'][0]:+.1f}, {100 * v['interval'][1]:+.1f}]), clean "
-                     f"{100 * v['clean_change']:+.1f} points: {'passes' if v['passes'] else 'does not pass'}.")
-    for t, v in depth_verdicts.items():
-        lines.append(f"- t_max {t} against {pipe.t_max} ({chosen} DDIM steps): attacked {100 * v['attacked_gain']:+.1f} "
-                     f"points ([{100 * v['interval'][0]:+.1f}, {100 * v['interval'][1]:+.1f}]), clean "
-                     f"{100 * v['clean_change']:+.1f} points: {'passes' if v['passes'] else 'does not pass'}.")
+    lines += [_verdict_line(f"{steps} DDIM steps against {shipped}", v) for steps, v in verdicts.items()]
+    lines += [_verdict_line(f"t_max {t} against {pipe.t_max} ({chosen} DDIM steps)", v)
+              for t, v in depth_verdicts.items()]
     lines += ["", f"**By the rule: {chosen} DDIM steps**" + (" (unchanged)" if chosen == shipped else "")
               + f", **t_max {t_max}**" + (" (unchanged)." if t_max == pipe.t_max else ".")]
     out = Path(args.out)

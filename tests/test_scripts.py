@@ -58,3 +58,31 @@ def test_classifier_comparison_rule():
     assert not keep
     fails = [line for line in lines if line.endswith("FAIL")]
     assert len(fails) == 4 and any("PGD 0.015" in f for f in fails) and any("on b" in f for f in fails)
+
+
+def test_purification_depth_rule():
+    depth = _load("purification_depth")
+    n = 100
+    base = np.array([1, 0] * (n // 2))
+    hits = {}
+    for steps in (1, 4):
+        for t in depth.DEPTHS:
+            hits[("clean", steps, t)] = list(base)
+            for budget in depth.BUDGETS:
+                hits[(budget, steps, t)] = list(base)
+    # one step wins 10 scans under both budgets at every depth of the shipped range, clean unchanged
+    gained = base.copy()
+    gained[1::2][:10] = 1
+    for t in (40, 80, 120, 160):
+        for budget in depth.BUDGETS:
+            hits[(budget, 1, t)] = list(gained)
+    verdicts, chosen, depth_verdicts, t_max = depth.apply_rule(hits, [1, 4], 4, 40, 160)
+    assert chosen == 1 and verdicts[1]["passes"] and abs(verdicts[1]["attacked_gain"] - 0.10) < 1e-9
+    assert t_max == 160 and not any(v["passes"] for v in depth_verdicts.values())  # deeper t: a loss here
+    # the same gain bought with 1 point of clean accuracy fails (at most 0.5 allowed for the step count)
+    for t in (40, 80, 120, 160):
+        worse = base.copy()
+        worse[0] = 0
+        hits[("clean", 1, t)] = list(worse)
+    verdicts, chosen, _, _ = depth.apply_rule(hits, [1, 4], 4, 40, 160)
+    assert chosen == 4 and not verdicts[1]["passes"]
