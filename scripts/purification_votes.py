@@ -31,8 +31,8 @@ def main() -> int:
 
     from medfedpure.attacks import make_attack
     from medfedpure.evaluation import _stratified_pick, load_scans
-    from medfedpure.metrics import paired_bootstrap_interval
     from medfedpure.evaluation.defence import _Defence
+    from medfedpure.metrics import paired_bootstrap_interval
     from medfedpure.pipeline import MedFedPure
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
