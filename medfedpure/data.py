@@ -168,18 +168,35 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def slice_path(path: str, plane: str, index: int) -> str:
+    """The listed path of one slice of a volume file: `<file>#<plane>=<0-based index>`."""
+    return f"{path}#{plane}={int(index)}"
+
+
+def split_slice_path(path: str) -> tuple[str, str | None, int | None]:
+    """`volumes/a.nii.gz#axial=40` -> ("volumes/a.nii.gz", "axial", 40); a plain file path -> (path, None, None).
+    The split CSV's sha256 of such a row is the volume file's."""
+    file_part, sep, fragment = path.partition("#")
+    if not sep:
+        return path, None, None
+    plane, _, index = fragment.partition("=")
+    return file_part, plane, int(index)
+
+
 def _read_one(job: tuple[str, str, int]) -> tuple[str, np.ndarray | None, str | None]:
     """(root, relative path, size) -> (sha256 of the bytes or "", uint8 image or None, error or None)."""
     from medfedpure.io import ScanReadError, read_scan, to_uint8
 
     root, rel, size = job
+    file_rel, plane, index = split_slice_path(rel)
     try:
-        data = (Path(root) / rel).read_bytes()
+        data = (Path(root) / file_rel).read_bytes()
     except OSError as exc:
         return "", None, f"{rel}: the file cannot be opened ({exc.strerror or type(exc).__name__})."
     sha = hashlib.sha256(data).hexdigest()
     try:
-        scan = read_scan(data, size=size, name=Path(rel).name, colour=False)  # training data: no colour probe
+        scan = read_scan(data, size=size, name=Path(rel).name, colour=False,  # training data: no colour probe
+                         plane=plane, slice_index=index)
     except ScanReadError as exc:
         msg = str(exc)
         name = Path(rel).name

@@ -1,4 +1,4 @@
-"""Read one scan (PNG, JPEG, BMP, TIFF, WebP, GIF or DICOM) into the models' input format.
+"""Read one scan (PNG, JPEG, BMP, TIFF, WebP, GIF, DICOM, or a slice of a NIfTI volume) into the models' input format.
 
 This is the ONE reader used by the app, the CLI and training, so a scan is preprocessed the same way
 everywhere: `read_scan(source, size=128)` -> grayscale float32 in [0, 1], aspect kept, centred on black.
@@ -13,6 +13,7 @@ everywhere: `read_scan(source, size=128)` -> grayscale float32 in [0, 1], aspect
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ __all__ = ["ScanReadError", "Scan", "read_scan", "fit_to_square", "to_uint8", "d
 
 # Keys of Scan.meta, always present (None when unknown). Nothing here can identify a patient.
 META_KEYS = ("format", "mode", "width", "height", "frames", "frame", "modality", "pixel_spacing",
-             "slice_thickness", "bits_stored", "window", "size", "colour_fraction")  # fmt: skip
+             "slice_thickness", "bits_stored", "window", "size", "colour_fraction", "plane")  # fmt: skip
 # A pixel is "in colour" when its red, green and blue differ by more than this (of 1.0). MR slices are
 # grayscale; the most colourful training or validation file (a Br35H export with a red caption bar) has 4.7% of
 # its pixels in colour, the colour photograph of reports/ood.md 51%.
@@ -97,6 +98,8 @@ def read_scan(
     name: str | None = None,
     max_pixels: int = 60_000_000,
     colour: bool = True,
+    plane: str | None = None,
+    slice_index: int | None = None,
 ) -> Scan:
     """Read a scan from a path, raw bytes or a binary file object.
 
@@ -114,9 +117,11 @@ def read_scan(
         box = None
         if kind == "dicom":
             image, meta = _dicom_image(obj, name, frame, max_pixels)
+        elif kind == "nifti":
+            image, meta = _nifti_image(f, name, plane, slice_index)
         else:
             image, meta, box = _raster_image(obj, name, size, frame, max_pixels, colour)
-        if kind != "dicom" and meta["colour_fraction"] is None and colour:
+        if kind == "raster" and meta["colour_fraction"] is None and colour:
             meta["colour_fraction"] = _raster_colour_fraction(f)  # a JPEG decoded straight to luma
         if size is not None:
             image = _fit(image, size, shape=(meta["height"], meta["width"]), box=box)
@@ -192,10 +197,14 @@ def _open(source, name: str | None):
 
 def _identify(f, name: str, stop_before_pixels: bool):
     """-> ("dicom", pydicom Dataset) or ("raster", lazily opened PIL image)."""
-    head = f.read(132)
+    head = f.read(1024)
     f.seek(0)
     if head[128:132] == b"DICM":
         return "dicom", _dcmread(f, name, force=False, stop_before_pixels=stop_before_pixels)
+    from medfedpure.nifti import is_nifti
+
+    if is_nifti(head):
+        return "nifti", None
     try:
         return "raster", Image.open(f, formats=RASTER_FORMATS)
     except UnidentifiedImageError:
@@ -214,7 +223,7 @@ def _identify(f, name: str, stop_before_pixels: bool):
     except Exception:  # noqa: BLE001 - not DICOM either
         pass
     raise ScanReadError(
-        f"{name}: this is not an image file that can be read (expected PNG, JPEG, BMP, TIFF, WebP or DICOM)."
+        f"{name}: this is not an image file that can be read (expected PNG, JPEG, BMP, TIFF, WebP, DICOM or NIfTI)."
     )
 
 
@@ -264,6 +273,36 @@ def _check_frame(name: str, frame: int, frames: int) -> None:
 
 def _not_finite(name: str) -> ScanReadError:
     return ScanReadError(f"{name}: the image contains invalid pixel values (not-a-number or infinite).")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# NIfTI volumes (medfedpure.nifti)
+
+
+@functools.lru_cache(maxsize=2)
+def _volume(data: bytes):
+    """Decoded volumes, kept for the next slice: a data set reads many slices of one volume in a row."""
+    from medfedpure.nifti import read_volume
+
+    return read_volume(data)
+
+
+def _nifti_image(f, name: str, plane: str | None, index: int | None):
+    from medfedpure.nifti import NiftiError, slice_image
+
+    plane = plane or "axial"
+    try:
+        volume = _volume(f.read())
+        if index is None:
+            index = volume.middle(plane)
+        image = slice_image(volume, plane, int(index))
+        frames = volume.slices(plane)
+    except NiftiError as exc:
+        raise ScanReadError(f"{name}: {exc}.") from None
+    h, w = image.shape
+    meta = _meta(format="NIfTI", width=w, height=h, frames=frames, frame=int(index), plane=str(plane).lower(),
+                 pixel_spacing=[round(min(volume.zooms), 4)] * 2, colour_fraction=0.0, modality="MR")
+    return image, meta
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from medfedpure.data import (
     list_labelled,
     make_split,
     read_folder,
+    slice_path,
     write_split,
 )
 
@@ -71,6 +72,9 @@ class Source:
     group_column: str = ""
     site_column: str = ""
     hospitals: str = "partition"
+    # 3-D volumes (NIfTI): each file gives this many slices that show brain in every plane of `planes`
+    slices_per_plane: int = 0
+    planes: tuple[str, ...] = ()
 
 
 def parse_class_target(text: str) -> tuple[int, str]:
@@ -85,7 +89,7 @@ def parse_class_target(text: str) -> tuple[int, str]:
 
 def _source(entry: Mapping) -> Source:
     known = {"name", "folder", "classes", "group", "duplicates_file", "labels_file", "group_column",
-             "site_column", "hospitals"}  # fmt: skip
+             "site_column", "hospitals", "slices_per_plane", "planes"}  # fmt: skip
     unknown = set(entry) - known
     name = entry.get("name", "?")
     if unknown:
@@ -98,7 +102,15 @@ def _source(entry: Mapping) -> Source:
         group=str(entry.get("group", "duplicates")), duplicates_file=str(entry.get("duplicates_file", "")),
         labels_file=str(entry.get("labels_file", "")), group_column=str(entry.get("group_column", "")),
         site_column=str(entry.get("site_column", "")), hospitals=str(entry.get("hospitals", "partition")),
+        slices_per_plane=int(entry.get("slices_per_plane", 0)), planes=tuple(entry.get("planes", ())),
     )  # fmt: skip
+    from medfedpure.nifti import PLANES
+
+    if src.slices_per_plane and not src.planes:
+        src = Source(**{**src.__dict__, "planes": PLANES})
+    bad = set(src.planes) - set(PLANES)
+    if bad:
+        raise ValueError(f"source {src.name!r}: unknown plane(s) {', '.join(sorted(bad))}; choose from {PLANES}")
     if src.group not in GROUP_KINDS:
         raise ValueError(f"source {src.name!r}: group must be one of {', '.join(GROUP_KINDS)}")
     if src.hospitals not in HOSPITAL_KINDS:
@@ -168,6 +180,21 @@ def _labels_table(root: Path, src: Source) -> dict[str, dict[str, str]]:
     return {r["path"]: r for r in rows}
 
 
+def _slices_of(folder: Path, path: str, src: Source) -> list[str]:
+    """A 2-D scan file lists itself; a volume of a volume source, its brain slices in every plane."""
+    if not src.slices_per_plane:
+        return [path]
+    from medfedpure.io import _volume
+    from medfedpure.nifti import NiftiError, brain_slices
+
+    try:
+        volume = _volume((folder / path).read_bytes())
+    except (OSError, NiftiError) as exc:
+        raise DataError(f"source {src.name!r}: {path} cannot be read as a volume ({exc})") from None
+    return [slice_path(path, plane, i) for plane in src.planes
+            for i in brain_slices(volume, plane, src.slices_per_plane)]
+
+
 def list_sources(root, sources: Sequence[Source]) -> list[SourceRecord]:
     """Every labelled scan of every source, sorted by path (relative to `root`)."""
     root = Path(root)
@@ -180,11 +207,12 @@ def list_sources(root, sources: Sequence[Source]) -> list[SourceRecord]:
                 info = table.get(rec.path, {})
                 if table and not info:
                     raise DataError(f"source {src.name!r}: {rec.path} is not in {src.labels_file}")
-                out.append(SourceRecord(
-                    path=f"{src.folder.rstrip('/')}/{rec.path}", label=label, tumour_type=kind, source=src.name,
-                    site=info.get(src.site_column, "") if src.site_column else "",
-                    patient=info.get(src.group_column, "") if src.group == "patient" else "",
-                ))  # fmt: skip
+                for path in _slices_of(folder, rec.path, src):
+                    out.append(SourceRecord(
+                        path=f"{src.folder.rstrip('/')}/{path}", label=label, tumour_type=kind, source=src.name,
+                        site=info.get(src.site_column, "") if src.site_column else "",
+                        patient=info.get(src.group_column, "") if src.group == "patient" else "",
+                    ))  # fmt: skip
     return sorted(out, key=lambda r: r.path)
 
 
@@ -336,7 +364,9 @@ def keep_splits(sources: Sequence[Source], records: Sequence[SourceRecord],
     kept: dict[str, str] = {}
     for name, path in keep.items():
         for r in read_split(path):
-            kept[f"{folder[name]}/{r.path}"] = "test" if r.split == "test" else "notest"  # val is drawn anew
+            # a single-source split lists paths inside the source's folder; a multi-source one, from the data root
+            full = r.path if r.path.startswith(folder[name] + "/") else f"{folder[name]}/{r.path}"
+            kept[full] = "test" if r.split == "test" else "notest"  # val is drawn anew
     missing = [r.path for r in records if r.source in keep and r.path not in kept]
     if missing:
         raise DataError(f"{len(missing)} scan(s) of {', '.join(keep)} are not in the kept split, e.g. {missing[0]}")

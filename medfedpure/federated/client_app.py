@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from medfedpure.device import pick_device
-from medfedpure.federated import steps
+from medfedpure.federated import resume, steps
 from medfedpure.federated.task import build_model, hospital_data, shared_state
 
 app = ClientApp()
@@ -50,6 +50,9 @@ def _prepare(msg: Message, context: Context):
     model = build_model(cfg["model"], cfg["model-config"])
     incoming = msg.content.array_records["arrays"].to_torch_state_dict()
     personal = context.state.array_records.get(PERSONAL)
+    if personal is None and cfg.get("resume"):  # a resumed run: the hospital's state from before the stop
+        saved = resume.load_personal(resume.resume_dir(cfg["out-dir"], cfg["model"]), hospital)
+        personal = ArrayRecord(saved) if saved else None
     if _local_only(cfg) and personal is not None:
         model.load_state_dict(personal.to_torch_state_dict())  # local-only: ignore the global model
     else:
@@ -76,7 +79,7 @@ def _warm_start_gate(model, folder: str, hospital: int) -> None:
 
 def _server_round(cfg: dict) -> int:
     """The round (an engine key: the strategy adds it to every train message; absent in a direct call)."""
-    return int(cfg.get("server-round", 1))
+    return int(cfg.get("server-round", 1)) + int(cfg.get("round-offset", 0))
 
 
 def _local_only(cfg: dict) -> bool:
@@ -84,11 +87,15 @@ def _local_only(cfg: dict) -> bool:
     return cfg["model"] == "classifier" and cfg["mode"] == "local"
 
 
-def _keep_personal(model, cfg: dict, context: Context) -> None:
+def _keep_personal(model, cfg: dict, context: Context, hospital: int) -> None:
     if _local_only(cfg):
-        context.state[PERSONAL] = ArrayRecord(model.state_dict())
+        state = model.state_dict()
     elif hasattr(model, "personal_state") and model.personal_state():
-        context.state[PERSONAL] = ArrayRecord(model.personal_state())
+        state = model.personal_state()
+    else:
+        return
+    context.state[PERSONAL] = ArrayRecord(state)
+    resume.save_personal(resume.resume_dir(cfg["out-dir"], cfg["model"]), hospital, state)
 
 
 def _round_lr(cfg: dict) -> float:
@@ -146,7 +153,7 @@ def train(msg: Message, context: Context) -> Message:
                                        max_timestep=int(cfg["max-timestep"]), seed=seed, device=device,
                                        ema_decay=float(cfg["ema-decay"]))
     model.cpu()
-    _keep_personal(model, cfg, context)
+    _keep_personal(model, cfg, context, hospital)
     state = _inject_faults(cfg, hospital, shared_state(model))
     metrics = {**metrics, "hospital": hospital, "num-examples": len(data.train_x)}
     return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)}), reply_to=msg)

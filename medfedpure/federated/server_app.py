@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from medfedpure.federated import resume
 from medfedpure.federated import settings as run_settings
 from medfedpure.federated.records import save_history
 from medfedpure.federated.strategy import RobustFedAvg
@@ -62,18 +63,33 @@ def run_training(grid: Grid, settings: dict) -> dict:
         _warm_start(model, kind, Path(settings["init-from"]))
     n = int(settings["num-hospitals"])
     min_nodes = max(1, math.ceil(float(settings["min-fraction"]) * n))
+    folder = resume.resume_dir(settings["out-dir"], kind)
+    saved = resume.load_server(folder, settings) if settings.get("resume") else None
+    done = 0
+    if saved is not None:
+        done = int(saved["round"])
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["state"].items()},
+                              strict=False)
+        log(INFO, "Resuming %s from round %d of %d (%s)", kind, done, int(settings["num-rounds"]), folder)
+    total = int(settings["num-rounds"])
+
+    def checkpoint_round(round_done: int, arrays: ArrayRecord, strat: RobustFedAvg) -> None:
+        resume.save_server(folder, round_done, arrays.to_torch_state_dict(), strat.records, strat.rejected, settings)
+
     strategy = RobustFedAvg(
         fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes,
         min_available_nodes=min_nodes, max_norm_ratio=float(settings["max-norm-ratio"]),
-        num_rounds=int(settings["num-rounds"]),
+        num_rounds=total, round_offset=done, on_round_end=checkpoint_round if total else None,
     )
+    if saved is not None:
+        strategy.records, strategy.rejected = list(saved["records"]), list(saved["rejected"])
     config = _train_config(settings)
     started = time.time()
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(shared_state(model)),
-                            num_rounds=int(settings["num-rounds"]), timeout=float(settings["round-timeout"]),
+                            num_rounds=max(total - done, 0), timeout=float(settings["round-timeout"]),
                             train_config=config, evaluate_config=config)
     train_seconds = time.time() - started
-    if int(settings["num-rounds"]) == 0:
+    if total - done <= 0:
         # Calibration-only run (with init-from): no training, the hospitals only answer the release step.
         final = ArrayRecord(shared_state(model))
     elif not any(r["phase"] == "train" for r in strategy.records):

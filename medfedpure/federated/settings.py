@@ -21,6 +21,7 @@ COMMON = {
     "shift": False,           # per-hospital acquisition shift (scanner differences)
     "lr-schedule": "cosine",  # local learning rate decays over the rounds (or "constant")
     "init-from": "",          # warm start: a run's <model> folder (shared weights only)
+    "resume": False,          # continue <out-dir>/<model> from its last finished round (federated/resume.py)
     "fault-drop-hospital": -1,
     "fault-nan-hospital": -1,
     "fault-scale-hospital": -1,
@@ -41,8 +42,11 @@ PER_MODEL = {
         # perturbation that survives purification moves the answer less (see steps.pgd_batch)
         "adversarial-eps": 0.0, "adversarial-fraction": 0.5, "adversarial-steps": 3,
         "num-rounds": 20, "local-epochs": 2, "lr": 1e-3, "batch-size": 32,
+        # EfficientNet-Lite0 from ImageNet weights, scans cropped to the head (models/classifier.py); the
+        # from-scratch ResNet-18: model-config {"trunk": "resnet18", "geometry": "pad"}
         "model-config": {"num_classes": 2, "num_experts": 3, "width": 32, "gate_width": 16, "expert_type": "head",
-                         "norm": "group", "num_types": 3, "input_norm": "scan"},
+                         "norm": "group", "num_types": 3, "input_norm": "scan", "trunk": "efficientnet_lite0",
+                         "geometry": "head", "bn": "frozen", "pretrained": True},
     },
     "mae": {
         # convolutional MAE on 64-px crops (see models/conv_mae.py); the ViT: model-config {"arch": "vit", ...}
@@ -72,7 +76,8 @@ PER_MODEL = {
 PRESETS = {
     "br35h-paper": {
         "classifier": {"class-balance": "balanced", "augmentation": "mild", "num-rounds": 40,
-                       "model-config": {"num_types": 0, "input_norm": "dataset"}},
+                       "model-config": {"num_types": 0, "input_norm": "dataset", "trunk": "resnet18",
+                                        "geometry": "pad"}},
     },
 }
 
@@ -128,7 +133,7 @@ def parse_assignments(text: str) -> dict:
 
 
 # Keys that the engine sets itself (never from a user): accepted in overrides so saved settings round-trip.
-ENGINE_KEYS = {"model", "engine", "server-round", "eval-test", "num-rounds-total"}
+ENGINE_KEYS = {"model", "engine", "server-round", "eval-test", "num-rounds-total", "round-offset"}
 
 
 def known_keys(kind: str) -> set[str]:

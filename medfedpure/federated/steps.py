@@ -27,7 +27,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "mild")
     Noise and blur also make the classifier tolerant of the purifier's small reconstruction artefacts.
     strength="scanner" widens every range and adds what differs between scanners and sources: a smooth bias
     field, lower resolution, crops (zoom), and restyling to another scan's intensity histogram (so that one
-    source's look cannot stand for its class).
+    source's look cannot stand for its class), re-windowing (saturated exports) and JPEG re-encoding.
     """
     wide = strength == "scanner"
     n = x.shape[0]
@@ -49,6 +49,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "mild")
         side = int(x.shape[-1] * (0.4 + 0.4 * float(r(1))))
         small = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         x = torch.where(lowres, F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False), x)
+    if wide:
+        x = window(x, generator, p=0.2)
     gamma = torch.exp((r(n) - 0.5) * (0.8 if wide else 0.5)).view(-1, 1, 1, 1)
     contrast = (1 + (r(n) - 0.5) * (0.5 if wide else 0.3)).view(-1, 1, 1, 1)
     x = (x.clamp(0, 1) ** gamma) * contrast
@@ -57,7 +59,38 @@ def augment(x: torch.Tensor, generator: torch.Generator, strength: str = "mild")
     x = torch.where(noisy, x + sigma * torch.randn(x.shape, generator=generator), x)
     blurred = (r(n) < 0.2).view(-1, 1, 1, 1)
     x = torch.where(blurred, F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1), x)
-    return x.clamp(0, 1)
+    x = x.clamp(0, 1)
+    if wide:
+        x = reencode(x, generator, p=0.25)
+    return x
+
+
+def window(x: torch.Tensor, generator: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    """With probability p per scan, re-window it as an export would: the top of its range saturated (clipped at
+    a level between its 90th and 99.9th percentile) and rescaled to [0, 1]."""
+    n = x.shape[0]
+    pick = (torch.rand(n, generator=generator) < p).view(-1, 1, 1, 1)
+    q = 0.9 + 0.099 * torch.rand(n, generator=generator)
+    level = torch.stack([torch.quantile(x[i].flatten(), float(q[i])) for i in range(n)]).clamp_min(0.05)
+    return torch.where(pick, (x / level.view(-1, 1, 1, 1)).clamp(0, 1), x)
+
+
+def reencode(x: torch.Tensor, generator: torch.Generator, p: float = 0.25) -> torch.Tensor:
+    """With probability p per scan, a JPEG round trip at quality 25 to 90: a source's compression is no label."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = x.clone()
+    pick = torch.rand(x.shape[0], generator=generator) < p
+    quality = torch.randint(25, 91, (x.shape[0],), generator=generator)
+    for i in torch.nonzero(pick).flatten().tolist():
+        img = Image.fromarray(np.rint(x[i, 0].numpy() * 255).astype(np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(quality[i]))
+        out[i, 0] = torch.from_numpy(np.asarray(Image.open(buf), dtype=np.float32) / 255.0)
+    return out
 
 
 def bias_field(n: int, size: int, generator: torch.Generator, strength: float = 0.3) -> torch.Tensor:

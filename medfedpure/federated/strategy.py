@@ -39,21 +39,32 @@ def screen_updates(norms: list[float], max_ratio: float) -> list[bool]:
 
 
 class RobustFedAvg(FedAvg):
-    def __init__(self, *args, max_norm_ratio: float = 10.0, num_rounds: int = 1, **kwargs):
+    def __init__(self, *args, max_norm_ratio: float = 10.0, num_rounds: int = 1, round_offset: int = 0,
+                 on_round_end=None, **kwargs):
+        """num_rounds: the run's total; round_offset: rounds done before this start (a resumed run);
+        on_round_end(round, arrays, strategy): called after each round's evaluation (the resume checkpoint)."""
         super().__init__(*args, **kwargs)
         self.max_norm_ratio = max_norm_ratio
         self.num_rounds = num_rounds
+        self.round_offset = round_offset
+        self.on_round_end = on_round_end
         self._reference: dict[str, np.ndarray] = {}
+        self._latest: ArrayRecord | None = None
         self.records: list[dict] = []  # one row per (round, hospital, phase)
         self.rejected: list[dict] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._reference = {k: a.numpy() for k, a in arrays.items()}
+        self._latest = arrays
         config["num-rounds"] = self.num_rounds
+        config["round-offset"] = self.round_offset
         return super().configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
-        config["eval-test"] = server_round == self.num_rounds  # the global test split once, at the end
+        self._latest = arrays
+        config["round-offset"] = self.round_offset
+        # the global test split once, at the end
+        config["eval-test"] = server_round + self.round_offset == self.num_rounds
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies):
@@ -65,7 +76,7 @@ class RobustFedAvg(FedAvg):
         for msg, norm, ok in zip(good, norms, accepted):
             metrics = msg.content.metric_records.get("metrics", MetricRecord())
             hospital = int(metrics.get("hospital", -1))
-            row = {"round": server_round, "phase": "train", "hospital": hospital, "update_norm": norm,
+            row = {"round": server_round + self.round_offset, "phase": "train", "hospital": hospital, "update_norm": norm,
                    **{k: v for k, v in metrics.items() if k != "hospital"}}
             if ok:
                 kept.append(msg)
@@ -84,6 +95,9 @@ class RobustFedAvg(FedAvg):
         replies = [m for m in replies if not m.has_error()]
         for msg in replies:
             metrics = msg.content.metric_records.get("metrics", MetricRecord())
-            self.records.append({"round": server_round, "phase": "evaluate", "hospital": int(metrics.get("hospital", -1)),
+            self.records.append({"round": server_round + self.round_offset, "phase": "evaluate", "hospital": int(metrics.get("hospital", -1)),
                                  **{k: v for k, v in metrics.items() if k != "hospital"}})
-        return super().aggregate_evaluate(server_round, replies)
+        result = super().aggregate_evaluate(server_round, replies)
+        if self.on_round_end is not None and self._latest is not None:
+            self.on_round_end(server_round + self.round_offset, self._latest, self)
+        return result
