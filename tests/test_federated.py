@@ -25,7 +25,9 @@ from medfedpure.federated.strategy import RobustFedAvg, screen_updates, update_n
 from medfedpure.federated.task import build_model, shared_state
 from medfedpure.models.classifier import GATE_PREFIX
 
-TINY_CLASSIFIER = {"num_classes": 2, "num_experts": 2, "width": 4, "gate_width": 4}
+# The from-scratch ResNet (tiny) keeps these tests fast; the pretrained trunk has tests of its own (test_models).
+TINY_CLASSIFIER = {"num_classes": 2, "num_experts": 2, "width": 4, "gate_width": 4, "trunk": "resnet18",
+                   "geometry": "pad"}
 VAL_SCANS = ("y1493.jpg", "no427.jpg")
 
 
@@ -452,3 +454,26 @@ def test_calibration_scans_include_training_scans_only_for_model_free_statistics
         calibration_scans(data, {"calibration-scans": "train+val", "score": "mean_abs_error"})
     with pytest.raises(ValueError, match="unknown calibration-scans"):
         calibration_scans(data, {"calibration-scans": "test"})
+
+
+def test_a_stopped_run_resumes_from_its_last_round(caches, tmp_path, ray_tmp):
+    """Two rounds in one go, and one round then a resumed second: the same records and the same weights."""
+    from medfedpure.federated import resume
+    from medfedpure.hub import load_weights
+
+    straight = tmp_path / "straight"
+    _simulate(caches, straight, **{"num-rounds": 2})
+    stopped = tmp_path / "stopped"
+    _simulate(caches, stopped, **{"num-rounds": 1, "resume": True})
+    assert (stopped / "classifier" / "resume" / "server.pt").is_file()
+    assert (stopped / "classifier" / "resume" / "hospital-0.pt").is_file()
+    _simulate(caches, stopped, **{"num-rounds": 2, "resume": True})
+    rounds = sorted({r["round"] for r in _history(stopped)["records"] if r["phase"] == "train"})
+    assert rounds == [1, 2]
+    a, _ = load_weights(straight / "classifier")
+    b, _ = load_weights(stopped / "classifier")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a if not k.startswith("gates."))
+    with pytest.raises(ValueError, match="seed"):
+        resume.load_server(resume.resume_dir(stopped, "classifier"),
+                           {**run_settings.resolve("classifier", {"model-config": TINY_CLASSIFIER}), "seed": 7})

