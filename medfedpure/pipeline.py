@@ -22,7 +22,7 @@ from medfedpure.device import pick_device
 from medfedpure.hub import resolve_model
 from medfedpure.models.classifier import Gate, HospitalClassifier, MixtureOfExpertsClassifier
 from medfedpure.models.mae import MaskedAutoencoder
-from medfedpure.models.purifier import DiffusionPurifier
+from medfedpure.models.purifier import DENOISERS, DiffusionPurifier, FFDNetPurifier
 
 PURIFY_MODES = ("flagged", "always", "never")
 
@@ -105,7 +105,7 @@ class DefendedClassifier(nn.Module):
 
 class MedFedPure:
     def __init__(self, classifier: MixtureOfExpertsClassifier, gates: dict[int, Gate], mae: MaskedAutoencoder,
-                 detector_config: dict, purifier: DiffusionPurifier, purification: dict, *,
+                 detector_config: dict, purifier: DiffusionPurifier | FFDNetPurifier, purification: dict, *,
                  device: str | torch.device | None = None, source_description: str = ""):
         self.device = pick_device(device if device is None else str(device))
         self.classifier = classifier.to(self.device).eval()
@@ -122,7 +122,7 @@ class MedFedPure:
                                                 mask_ratio=detector_config.get("score_mask_ratio"))
         self.purifier = purifier.to(self.device).eval()
         self.t_min, self.t_max = int(purification["t_min"]), int(purification["t_max"])
-        self.ddim_steps = int(purification["ddim_steps"])
+        self.ddim_steps = int(purification.get("ddim_steps", 1))  # reverse steps: 1 for the FFDNet (one call)
         self.class_names = list(getattr(classifier, "class_names", ["no_tumour", "tumour"]))
         self.tumour_types = list(getattr(classifier, "tumour_types", []) or [])
         self.ood = getattr(classifier, "ood_check", None)
@@ -133,12 +133,13 @@ class MedFedPure:
     # ----------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, revision: str | None = None,
-                        device: str | None = None) -> "MedFedPure":
+                        device: str | None = None, denoiser: str | None = None) -> "MedFedPure":
+        """`denoiser`: "ddpm" or "ffdnet" where the purifier folder holds both (default: its own setting)."""
         resolved = resolve_model(source, revision)
         root = Path(resolved.path)
         classifier, gates, class_names = load_classifier(root / "classifier")
         mae, det_cfg = load_mae(root / "detector")
-        purifier, purification = load_purifier(root / "purifier")
+        purifier, purification = load_purifier(root / "purifier", denoiser)
         pipe = cls(classifier, gates, mae, det_cfg, purifier, purification, device=device,
                    source_description=resolved.description)
         pipe.class_names = class_names
@@ -192,13 +193,24 @@ class MedFedPure:
         gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         return self.purifier.purify(x, t_star, steps=self.ddim_steps, generator=gen)
 
-    def use_purifier(self, folder: str | Path) -> None:
-        """Replace the purifier by the one in `folder` (diffusers layout), with its own operating settings
-        (t_min, t_max, DDIM steps): a candidate purifier is gated or used exactly as it would ship."""
-        purifier, operating = load_purifier(Path(folder))
+    def use_purifier(self, folder: str | Path | None = None, denoiser: str | None = None, *,
+                     purifier: DiffusionPurifier | FFDNetPurifier | None = None,
+                     operating: dict | None = None) -> None:
+        """Replace the purifier by the one in `folder` (its denoiser: the folder's setting, or `denoiser`), with
+        its own operating settings (t_min, t_max, DDIM steps): a candidate purifier is gated or used exactly as it
+        would ship. Or pass a built `purifier` and its `operating` settings (e.g. the pretrained FFDNet)."""
+        if purifier is None:
+            purifier, operating = load_purifier(Path(folder), denoiser)
+        elif operating is None:
+            operating = {"t_min": self.t_min, "t_max": self.t_max, "ddim_steps": self.ddim_steps}
         self.purifier = purifier.to(self.device).eval().requires_grad_(False)
         self.t_min, self.t_max = int(operating["t_min"]), int(operating["t_max"])
-        self.ddim_steps = int(operating["ddim_steps"])
+        self.ddim_steps = int(operating.get("ddim_steps", 1))
+
+    @property
+    def denoiser(self) -> str:
+        """How the purifier comes back from t*: "ddpm" (DDIM chain) or "ffdnet" (one FFDNet call)."""
+        return getattr(self.purifier, "denoiser", "ddpm")
 
     def defended(self, hospital: int, purify: str = "flagged") -> DefendedClassifier:
         return DefendedClassifier(self, self._check_hospital(hospital), purify)
@@ -355,11 +367,34 @@ def load_mae(folder: Path):
     return mae, config.operating
 
 
-def load_purifier(folder: Path):
-    """(purifier, its operating settings: t_min, t_max, ddim_steps) from a purifier folder (diffusers layout)."""
-    from diffusers import DDPMScheduler, UNet2DModel
+def load_purifier(folder: Path, denoiser: str | None = None):
+    """(purifier, its operating settings: t_min, t_max, ddim_steps, denoiser) from a purifier folder.
 
-    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
+    The folder holds the diffusion schedule (`scheduler_config.json`) and one or both denoisers: the DDPM's UNet
+    (diffusers layout) and the FFDNet (`ffdnet.safetensors`). `denoiser` picks one ("ddpm" | "ffdnet"); by
+    default, the folder's setting `denoiser` (absent: "ddpm"). A denoiser's own section of the operating settings
+    (e.g. `"ffdnet": {"t_max": 120}`) overrides the shared keys when that denoiser is used.
+    """
+    from diffusers import DDPMScheduler
+
+    from medfedpure.models.purifier import load_ffdnet_purifier
+
+    folder = Path(folder)
+    operating = dict(checkpoint_format.read_config(folder, "purifier").operating)
+    denoiser = denoiser or operating.get("denoiser", "ddpm")
+    if denoiser not in DENOISERS:
+        raise ValueError(f"unknown denoiser {denoiser!r}; choose from {DENOISERS}")
+    own = operating.get(denoiser) if isinstance(operating.get(denoiser), dict) else {}
+    purification = {**operating, **{k: v for k, v in own.items() if k in ("t_min", "t_max", "ddim_steps")},
+                    "denoiser": denoiser}
     scheduler = DDPMScheduler.from_pretrained(folder)
-    purification = checkpoint_format.read_config(folder, "purifier").operating
+    if denoiser == "ffdnet":
+        purification["ddim_steps"] = 1  # one denoiser call
+        return load_ffdnet_purifier(folder, scheduler, own), purification
+    from diffusers import UNet2DModel
+
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no DDPM (diffusers config.json and weights); its denoiser is "
+                                f"{operating.get('denoiser', 'ddpm')!r}")
+    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False)
     return DiffusionPurifier(unet.float(), scheduler), purification

@@ -95,9 +95,11 @@ def ablation_t_stars(pipe, hospital: int, score: torch.Tensor, flag: torch.Tenso
 
 
 def defence_info(pipe, settings, hospitals) -> dict:
-    """The defence as evaluated: purify mode, t* range, DDIM steps, the detector's score and thresholds."""
+    """The defence as evaluated: purify mode, denoiser (ddpm | ffdnet), t* range, DDIM steps (1 for the FFDNet's
+    single call), the detector's score and thresholds."""
     det = pipe.detector_config
-    return {"purify": settings.purify, "t_min": pipe.t_min, "t_max": pipe.t_max, "ddim_steps": pipe.ddim_steps,
+    return {"purify": settings.purify, "denoiser": getattr(pipe.purifier, "denoiser", "ddpm"),
+            "t_min": pipe.t_min, "t_max": pipe.t_max, "ddim_steps": pipe.ddim_steps,
             "score": det.get("score"), "score_repeats": det.get("score_repeats"), "target_fpr": det.get("target_fpr"),
             "thresholds": {str(h): pipe.threshold(h) for h in sorted(hospitals)}}
 
