@@ -42,9 +42,11 @@ from medfedpure.app_files import Sessions, session_hash as _session_hash, setup_
 from medfedpure.app_progress import Requests, Tracker  # noqa: E402
 from medfedpure.app_render import AnalyzeOutputs, BatchOutputs  # noqa: E402
 from medfedpure.app_request import (  # noqa: E402
-    DEFAULT_EPS, EPS_MAX, AnalyzeRequest, Limits, UserError, example_copies, frame_arg, frame_of, read_many,
-    read_upload, temp_root,
+    ATTACK_LABELS, DEFAULT_EPS, EPS_MAX, PLANES, AnalyzeRequest, Limits, UserError, discard_uploads, example_copies,
+    expand_slices,
+    frame_arg, frame_of, hospital_names, plane_arg, read_many, read_upload, temp_root,
 )
+from medfedpure.app_request import _attack_name  # noqa: E402
 from medfedpure.app_analysis import analyze_scan, analyze_scans  # noqa: E402
 from medfedpure.model_card import pipeline_summary as model_summary  # noqa: E402
 
@@ -64,14 +66,13 @@ EXAMPLES = [(f, label) for f, label in (
     ("Tr-gl_0020.jpg", "glioma, coronal T1 (Tr-gl_0020)"), ("TCGA_DU_5855_19951217_17.png", "glioma, FLAIR (TCGA)"),
     ("TCGA_DU_6404_19850629_21.png", "no tumour on this slice, FLAIR (TCGA)"),
 ) if (EXAMPLES_DIR / f).is_file()]
-ATTACKS = [("none", "none"), ("FGSM", "fgsm"), ("PGD (L-inf)", "pgd"),
-           ("adaptive PGD through the whole defence", "adaptive")]
+ATTACKS = list(ATTACK_LABELS)  # (page label, the workflow's name)
 MAX_FRAME = 9999  # the frame slider's API bound; the page narrows it to the file's frames
-# Pixel widths of the batch table's columns (render.BATCH_COLUMNS): row, scan and status first, so an error is
-# readable at 1400 px; the numbers after them scroll.
-BATCH_WIDTHS = ["48px", "140px", "250px", "96px", "80px", "96px", "110px", "72px", "84px", "84px", "56px", "110px",
-                "64px"]
-DEFAULT_CONCURRENCY = int(os.environ.get("MEDFEDPURE_CONCURRENCY", "2"))
+# Pixel widths of the batch table's columns (render.BATCH_COLUMNS): the table spans the page, so every header
+# fits on its words at 1400 px without scrolling sideways.
+BATCH_WIDTHS = ["44px", "64px", "44px", "124px", "116px", "150px", "90px", "72px", "90px", "84px", "66px", "66px",
+                "80px", "82px", "96px"]
+DEFAULT_CONCURRENCY = int(os.environ.get("MEDFEDPURE_CONCURRENCY", "2"))  # light and heavy analyses each
 QUEUE_MAX_SIZE = int(os.environ.get("MEDFEDPURE_QUEUE_SIZE", "32"))
 TIME_BUDGET_S = float(os.environ.get("MEDFEDPURE_TIME_BUDGET", "60"))  # per analysis; 0: no limit
 KEEP_OUTPUTS_S = float(os.environ.get("MEDFEDPURE_KEEP_REPORTS", "1800"))  # report folders live at most this long
@@ -82,7 +83,7 @@ class DemoApp:
     """The callbacks; holds the pipeline loaded once at start and the per-session state."""
 
     def __init__(self, pipe, workdir: str | Path | None = None, *, time_budget_s: float | None = None,
-                 keep_s: float | None = None, limits: Limits | None = None):
+                 keep_s: float | None = None, limits: Limits | None = None, concurrency: int | None = None):
         self.pipe = pipe  # a MedFedPure pipeline, or a LazyPipeline still loading (python app.py)
         self._limits = limits
         self._ready = Readiness(pipe, lambda real: (app_progress.install_hooks(real), render.warm_up()))
@@ -90,9 +91,12 @@ class DemoApp:
         # Inside Gradio's temp folder, so reports are served from where they are written (no second copy).
         self.sessions = Sessions.started(workdir, KEEP_OUTPUTS_S if keep_s is None else keep_s, root=temp_root())
         self.workdir = self.sessions.workdir
+        slots = max(1, int(concurrency or DEFAULT_CONCURRENCY))
         self.requests = Requests(self.sessions, self.time_budget_s, prepare=self.ensure_ready, user_errors=(UserError,),
-                                 api_error=lambda message: gr.Error(message, print_exception=False), log=log)
+                                 api_error=lambda message: gr.Error(message, print_exception=False), log=log,
+                                 slots={"light": slots, "heavy": slots})
         self._keep = example_copies(EXAMPLES_DIR, [f for f, _ in EXAMPLES])  # Gradio's copies of our examples
+        self.hospital_names = hospital_names(pipe)
 
     def ensure_ready(self, tracker: Tracker | None = None, timeout: float | None = None):
         """Wait for the models (python app.py serves the page before they are loaded); the first time, install the
@@ -121,29 +125,49 @@ class DemoApp:
 
     def header_text(self) -> str:
         loading = isinstance(self.pipe, LazyPipeline) and not self.pipe.loaded
-        return render.model_header(self.pipe.source_description, self.pipe.device, self.pipe.hospitals, loading)
+        return render.model_header(self.pipe.source_description, self.pipe.device, self.hospital_names, loading)
 
-    def _answer(self, where: str, request, progress, work, on_error=None):
-        return self.requests.run(where, _session_hash(request), progress, work, on_error)
+    def hospital_choices(self) -> list[tuple[str, int]]:
+        return [(self.hospital_names.get(int(h), f"hospital {h}"), int(h)) for h in self.pipe.hospitals]
+
+    def _answer(self, where: str, request, progress, work, on_error=None, kind: str = "light", ticket=None,
+                on_refused=None):
+        return self.requests.run(where, _session_hash(request), progress, work, on_error, kind=kind, ticket=ticket,
+                                 on_refused=on_refused)
 
     def _parse(self, *values, **named) -> AnalyzeRequest:
-        return AnalyzeRequest.parse(self.pipe.hospitals, self.limits, *values, **named)
+        return AnalyzeRequest.parse(self.pipe.hospitals, self.limits, *values, names=self.hospital_names, **named)
 
     def _analyze(self, loaded, req: AnalyzeRequest, request, tracker: Tracker, t0: float) -> AnalyzeOutputs:
-        return analyze_scan(self.pipe, frame_of(loaded, req.frame).scan, req, tracker, t0=t0,
+        return analyze_scan(self.pipe, frame_of(loaded, req.frame, req.plane).scan, req, tracker, t0=t0,
                             outdir=lambda: self.sessions.outdir(_session_hash(request)),
-                            limits={"time_budget_s": self.time_budget_s, "device": self.limits.device})
+                            limits={"time_budget_s": self.time_budget_s, "device": self.limits.device},
+                            hospital_name=self.hospital_names.get(req.hospital, ""))
 
-    def _batch(self, items, req: AnalyzeRequest, request, tracker: Tracker, t0: float) -> BatchOutputs:
+    def _batch(self, items, req: AnalyzeRequest, request, tracker: Tracker, t0: float, plane=None,
+               slices=None) -> BatchOutputs:
         csv_path = self.sessions.outdir(_session_hash(request)) / "medfedpure-batch.csv"
-        return analyze_scans(self.pipe, items, req, tracker, csv_path=csv_path, t0=t0)
+        return analyze_scans(self.pipe, expand_slices(items, plane_arg(plane), slices), req, tracker,
+                             csv_path=csv_path, t0=t0, hospital_name=self.hospital_names.get(req.hospital, ""))
+
+    def begin(self, request: gr.Request = None):
+        """The first, instant step of Analyze / Analyze all: every result emptied, and the request's ticket (the
+        session's Stop count now; a Stop pressed before the analysis starts ends it at once)."""
+        session = self.sessions.get(_session_hash(request))
+        return (*self.cleared(), session.stops)
+
+    def begin_batch(self, request: gr.Request = None):
+        session = self.sessions.get(_session_hash(request))
+        return (*BatchOutputs(), session.stops)
 
     def stop(self, request: gr.Request = None):
-        """The Stop button: every running request of this session ends at its next model call; the results stay
-        empty and the verdict box says so."""
-        if self.requests.stop(_session_hash(request)):
-            return "### Stopped\nYou stopped the analysis. Nothing is shown for an unfinished analysis."
-        return gr.update()
+        """The Stop button: every running request of this session ends at its next model call, and one still
+        queued ends when its turn comes; it answers normally (no error), its results stay empty and the verdict
+        box says so."""
+        running = self.requests.stop(_session_hash(request))
+        if running:
+            return "### Stopping\nThe analysis ends at its next step; nothing is shown for an unfinished analysis."
+        return "### Stopped\nYou stopped the analysis. Nothing is shown for an unfinished analysis."
 
     def end_session(self, request: gr.Request = None):
         """The page was closed: its scans leave memory and its report folders are deleted."""
@@ -154,14 +178,30 @@ class DemoApp:
         """Every result output emptied (the first thing each new request or upload does)."""
         return AnalyzeOutputs(compare=gr.update(value=None, visible=False))
 
+    def _loaded_outputs(self, loaded):
+        """preview, info, frame slider, plane selector for a loaded scan."""
+        sc = loaded.scan
+        meta = sc.meta
+        volume = bool(meta.get("plane"))
+        slider = gr.update(visible=False, value=1, minimum=1, maximum=MAX_FRAME)
+        if loaded.frames > 1:
+            what = "Slice" if volume else "Frame"
+            default = "the middle of the head" if volume else "the middle one"
+            slider = gr.update(visible=True, minimum=1, maximum=loaded.frames, step=1,
+                               value=int(meta.get("frame") or 0) + 1,
+                               label=f"{what} (1 to {loaded.frames}; starts at {default})")
+        plane = gr.update(visible=volume, value=meta.get("plane") or "axial")
+        return (render.preview_html(sc.image, render.side_labels(meta)), render.scan_info(sc), slider, plane)
+
     def inspect(self, scan, request: gr.Request = None):
         """On upload or example click: read the file into memory, delete it, clear the upload box and every result,
-        show a preview, the non-identifying metadata and, for multi-frame files, the frame picker.
+        show a preview, the non-identifying metadata and, for multi-frame files and volumes, the frame (slice)
+        picker and the plane selector.
 
-        Outputs: preview, info, frame slider, the upload box, then the AnalyzeOutputs."""
+        Outputs: preview, info, frame slider, plane selector, the upload box, then the AnalyzeOutputs."""
         if scan is None:  # the upload box was just cleared (by this function): nothing changes
-            return (gr.update(),) * (4 + len(AnalyzeOutputs._fields))
-        hidden = gr.update(visible=False, value=0, minimum=0, maximum=MAX_FRAME)
+            return (gr.update(),) * (5 + len(AnalyzeOutputs._fields))
+        hidden = gr.update(visible=False, value=1, minimum=1, maximum=MAX_FRAME)
         session = self.sessions.get(_session_hash(request))
         session.scan = None  # a new upload replaces the last scan, whatever happens next
         try:
@@ -169,19 +209,16 @@ class DemoApp:
         except UserError as exc:
             log.info("upload: user error: %s", exc)
             gr.Warning(f"Cannot read this file: {exc}")
-            return (None, f"**Cannot read this file:** {exc}", hidden, gr.update(value=None), *self.cleared())
+            return (None, f"**Cannot read this file:** {exc}", hidden, gr.update(visible=False), gr.update(value=None),
+                    *self.cleared())
         session.scan = loaded
-        sc = loaded.scan
-        slider = hidden
-        if loaded.frames > 1:
-            slider = gr.update(visible=True, minimum=1, maximum=loaded.frames, step=1,
-                               value=int(sc.meta.get("frame") or 0) + 1,
-                               label=f"Frame (1 to {loaded.frames}; default: the middle one)")
-        return render.preview_html(sc.image), render.scan_info(sc), slider, gr.update(value=None), *self.cleared()
+        ready = self.cleared()._replace(verdict=render.ready_text(loaded.scan.meta))
+        return (*self._loaded_outputs(loaded), gr.update(value=None), *ready)
 
     def preview_frame(self, frame, request: gr.Request = None):
+        """The frame (slice) slider was moved: show that frame."""
         session = self.sessions.peek(_session_hash(request))
-        if session is None or session.scan is None or frame is None or int(frame) <= 0:
+        if session is None or session.scan is None or frame is None:
             return gr.update(), gr.update()
         try:
             loaded = frame_of(session.scan, frame_arg(frame))
@@ -189,34 +226,57 @@ class DemoApp:
             log.info("frame: user error: %s", exc)
             return gr.update(), f"**Cannot show this frame:** {exc}"
         session.scan = loaded
-        return render.preview_html(loaded.scan.image), render.scan_info(loaded.scan)
+        return (render.preview_html(loaded.scan.image, render.side_labels(loaded.scan.meta)),
+                render.scan_info(loaded.scan))
+
+    def preview_plane(self, plane, request: gr.Request = None):
+        """The plane selector changed: the volume's middle slice in that plane. Outputs: preview, info, slider."""
+        session = self.sessions.peek(_session_hash(request))
+        if session is None or session.scan is None or not session.scan.scan.meta.get("plane"):
+            return gr.update(), gr.update(), gr.update()
+        try:
+            loaded = frame_of(session.scan, None, plane_arg(plane))
+        except UserError as exc:
+            log.info("plane: user error: %s", exc)
+            return gr.update(), f"**Cannot show this plane:** {exc}", gr.update()
+        session.scan = loaded
+        return self._loaded_outputs(loaded)[:3]
 
     # --------------------------------------------------------------------------------- one scan
-    def analyze(self, scan, hospital=None, attack="none", eps=DEFAULT_EPS, steps=10, defence=True,
-                purify_always=False, seed=0, frame=0, eot=1, make_report=True, request: gr.Request = None,
-                progress=gr.Progress()) -> AnalyzeOutputs:
-        """API: attack (optional) -> detect -> purify -> classify one uploaded scan -> AnalyzeOutputs. Any problem
-        is an error whose message names no file."""
+    def analyze(self, scan, hospital=None, attack="none", eps=DEFAULT_EPS, steps=None, defence=True,
+                purify_always=False, seed=0, frame=0, eot=1, make_report=True, plane=None,
+                request: gr.Request = None, progress=gr.Progress()) -> AnalyzeOutputs:
+        """API: attack (optional) -> detect -> purify -> classify one uploaded scan (for a NIfTI volume: one slice
+        of `plane`, `frame` counting from 1) -> AnalyzeOutputs. Any problem is an error whose message names no
+        file."""
         def work(session, tracker, t0):
-            req = self._parse(hospital, attack, eps, steps, defence, purify_always, seed, frame, eot, make_report)
-            return self._analyze(read_upload(scan, self._keep, keep_frames=True), req, request, tracker, t0)
-        return self._answer("analyze", request, progress, work)
+            try:
+                req = self._parse(hospital, attack, eps, steps, defence, purify_always, seed, frame, eot,
+                                  make_report, plane)
+            except UserError:
+                discard_uploads(scan, self._keep)  # refused before it was read: its file goes all the same
+                raise
+            loaded = read_upload(scan, self._keep, keep_frames=True, plane=req.plane)
+            return self._analyze(loaded, req, request, tracker, t0)
+        return self._answer("analyze", request, progress, work, kind=_kind(attack),
+                            on_refused=lambda: discard_uploads(scan, self._keep))
 
-    def analyze_ui(self, hospital=None, attack="none", eps=DEFAULT_EPS, steps=10, defence=True,
-                   purify_always=False, seed=0, frame=0, eot=1, make_report=True, request: gr.Request = None,
-                   progress=gr.Progress()) -> AnalyzeOutputs:
-        """The page's Analyze button: the same on the scan loaded at upload; a problem is shown in the verdict
-        box (every other output stays empty) instead of raising."""
+    def analyze_ui(self, hospital=None, attack="none", eps=DEFAULT_EPS, steps=None, defence=True,
+                   purify_always=False, seed=0, frame=0, eot=1, make_report=True, plane=None, ticket=None,
+                   request: gr.Request = None, progress=gr.Progress()) -> AnalyzeOutputs:
+        """The page's Analyze button: the same on the scan loaded at upload; a problem (or Stop) is shown in the
+        verdict box (every other output stays empty) instead of raising."""
         def work(session, tracker, t0):
-            req = self._parse(hospital, attack, eps, steps, defence, purify_always, seed, frame, eot, make_report)
+            req = self._parse(hospital, attack, eps, steps, defence, purify_always, seed, frame, eot, make_report,
+                              plane)
             if session.scan is None:
-                raise UserError("No scan is loaded: upload a scan (PNG, JPEG or DICOM) or pick an example first. "
-                                "(A file that could not be read is not loaded, and a loaded scan is forgotten "
-                                f"after {self.sessions.keep_s / 60:.0f} idle minutes.)")
+                raise UserError("No scan is loaded: upload a scan (PNG, JPEG, DICOM or NIfTI) or pick an example "
+                                "first. (A file that could not be read is not loaded, and a loaded scan is "
+                                f"forgotten after {self.sessions.keep_s / 60:.0f} idle minutes.)")
             out = self._analyze(session.scan, req, request, tracker, t0)
             return out._replace(compare=gr.update(value=out.compare, visible=out.compare is not None))
         return self._answer("analyze (page)", request, progress, work, lambda stopped, message: self.cleared()._replace(
-            verdict=f"### {'Stopped' if stopped else 'Cannot analyze'}\n{message}"))
+            verdict=f"### {'Stopped' if stopped else 'Cannot analyze'}\n{message}"), kind=_kind(attack), ticket=ticket)
 
     # --------------------------------------------------------------------------------- many scans
     def load_batch(self, files, request: gr.Request = None):
@@ -233,24 +293,37 @@ class DemoApp:
             return f"**Cannot load these files:** {exc}", gr.update(value=None), None, None
         return render.batch_loaded(session.batch), gr.update(value=None), None, None
 
-    def analyze_batch(self, files, hospital=None, attack="none", eps=DEFAULT_EPS, steps=10, defence=True,
-                      purify_always=False, seed=0, request: gr.Request = None, progress=gr.Progress()) -> BatchOutputs:
-        """API: several scans (or the files of a DICOM series) -> BatchOutputs. A bad file gets an error row."""
+    def analyze_batch(self, files, hospital=None, attack="none", eps=DEFAULT_EPS, steps=None, defence=True,
+                      purify_always=False, seed=0, plane=None, slices=None, request: gr.Request = None,
+                      progress=gr.Progress()) -> BatchOutputs:
+        """API: several scans (or the files of a DICOM series, or NIfTI volumes: one row per slice asked for in
+        `slices`, e.g. "40, 45" or "30-60/5", of `plane`) -> BatchOutputs. A bad file gets an error row."""
         def work(session, tracker, t0):
-            req = self._parse(hospital, attack, eps, steps, defence, purify_always, seed, make_report=False)
-            return self._batch(read_many(files, self._keep), req, request, tracker, t0)
-        return self._answer("analyze_batch", request, progress, work)
+            try:
+                req = self._parse(hospital, attack, eps, steps, defence, purify_always, seed, make_report=False)
+            except UserError:
+                discard_uploads(files or [], self._keep)
+                raise
+            return self._batch(read_many(files, self._keep), req, request, tracker, t0, plane, slices)
+        return self._answer("analyze_batch", request, progress, work, kind="heavy",
+                            on_refused=lambda: discard_uploads(files or [], self._keep))
 
-    def analyze_batch_ui(self, hospital=None, attack="none", eps=DEFAULT_EPS, steps=10, defence=True,
-                         purify_always=False, seed=0, request: gr.Request = None, progress=gr.Progress()):
+    def analyze_batch_ui(self, hospital=None, attack="none", eps=DEFAULT_EPS, steps=None, defence=True,
+                         purify_always=False, seed=0, plane=None, slices=None, ticket=None,
+                         request: gr.Request = None, progress=gr.Progress()):
         """The Batch tab's Analyze all button, on the scans loaded at upload; a problem is shown in the status."""
         def work(session, tracker, t0):
             req = self._parse(hospital, attack, eps, steps, defence, purify_always, seed, make_report=False)
             if not session.batch:
                 raise UserError("No scans are loaded: upload one or more scans first.")
-            return self._batch(session.batch, req, request, tracker, t0)
+            return self._batch(session.batch, req, request, tracker, t0, plane, slices)
         return self._answer("batch (page)", request, progress, work, lambda stopped, message: BatchOutputs(
-            status=f"**{message}**" if stopped else f"**Cannot analyze:** {message}"))
+            status=f"**{message}**" if stopped else f"**Cannot analyze:** {message}"), kind="heavy", ticket=ticket)
+
+
+def _kind(attack) -> str:
+    """The kind of work a request is: the adaptive attack is heavy (its own slots, a lower CPU priority)."""
+    return "heavy" if _attack_name(attack) == "adaptive" else "light"
 
 
 # ------------------------------------------------------------------------------------------------ the page
@@ -261,27 +334,35 @@ def _gpu(fn, duration: int):
 def _toggle_defence(on):
     """Defence off: 'purify always' means nothing, so it is unticked and locked."""
     if on:
-        return gr.update(interactive=True, label="Purify always (even if not flagged)")
+        return gr.update(interactive=True, label="Purify always (even if the scan does not look attacked)")
     return gr.update(interactive=False, value=False, label="Purify always (needs the defence on)")
 
 
 def _settings(hospitals, lim: Limits, tab: str = "") -> list:
     """The attack and defence settings of a tab, in the callbacks' order: hospital, attack, eps, steps, defence,
-    purify always, seed. tab: "" for the scan tab (elements with ids, every attack), "batch-" for the Batch tab."""
-    ids = (lambda name: None) if tab else (lambda name: f"mfp-{name}")
-    hospital = gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=True,
-                           label="Hospital (whose model and threshold)")
-    attack = gr.Dropdown(ATTACKS[:3] if tab else ATTACKS, value="none", allow_custom_value=True, label="Attack",
-                         elem_id=ids("attack"), info="FGSM/PGD see the classifier only; adaptive back-propagates "
-                                                     "through the whole defence (slow on a CPU)")
-    eps = gr.Slider(0, EPS_MAX, value=DEFAULT_EPS, step=0.0005, label="eps (L-inf, [0,1] pixels)")
-    steps = gr.Slider(1, lim.steps_max, value=10, step=1, elem_id=ids("steps"), label=lim.steps_label)
-    with gr.Row():
-        defence = gr.Checkbox(value=True, label="Defence on", elem_id=ids("defence"))
-        always = gr.Checkbox(value=False, label="Purify always (even if not flagged)", elem_id=ids("purify-always"))
-    seed = gr.Number(value=0, precision=0, label="Seed")
+    purify always, seed. tab: "" for the scan tab (elements with ids, every attack), "batch-" for the Batch tab.
+    The rarely changed ones sit in a closed "More settings" fold (the scan tab adds its own to it)."""
+    ids = (lambda name: f"mfp-{tab}{name}")
+    hospital = gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=True, elem_id=ids("hospital"),
+                           label="Hospital (whose model and detector threshold)")
+    attack = gr.Radio(ATTACKS[:3] if tab else ATTACKS, value="none", label="Attack the scan first?",
+                      elem_id=ids("attack"), info="FGSM and PGD see the classifier only; the adaptive attack also "
+                                                  "attacks the detector and the purifier")
+    defence = gr.Checkbox(value=True, label="Defence on (detect, then purify what looks attacked)",
+                          elem_id=ids("defence"))
+    with gr.Accordion("More settings", open=False, elem_id=ids("more")):
+        eps = gr.Slider(0, EPS_MAX, value=DEFAULT_EPS, step=0.0005, elem_id=ids("eps"),
+                        label="Attack strength: largest change of a pixel (0 to 1; 8/255 = 0.0314)")
+        steps = gr.Slider(1, lim.steps_max, value=10, step=1, elem_id=ids("steps"), label=lim.steps_label)
+        always = gr.Checkbox(value=False, label="Purify always (even if the scan does not look attacked)",
+                             elem_id=ids("purify-always"))
+        seed = gr.Number(value=0, precision=0, label="Seed (the same seed gives the same attack and noise)",
+                         elem_id=ids("seed"))
+        extra = [] if tab else [
+            gr.Slider(1, lim.eot_max, value=1, step=1, interactive=False, elem_id="mfp-eot", label=lim.eot_label),
+            gr.Checkbox(value=True, label="Build the PNG/PDF/JSON report (adds about 0.1 s)", elem_id="mfp-make-report")]
     defence.change(_toggle_defence, [defence], [always], queue=False, api_visibility="private")
-    return [hospital, attack, eps, steps, defence, always, seed]
+    return [hospital, attack, eps, steps, defence, always, seed, *extra]
 
 
 def _api_inputs(hospitals, batch: bool = False) -> list:
@@ -289,13 +370,22 @@ def _api_inputs(hospitals, batch: bool = False) -> list:
     files = gr.File(file_count="multiple" if batch else "single", type="filepath", visible=False)
     common = [files, gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=True, visible=False),
               gr.Dropdown(ATTACKS, value="none", allow_custom_value=True, visible=False),
-              gr.Number(value=DEFAULT_EPS, visible=False), gr.Number(value=10, precision=0, visible=False),
+              gr.Number(value=DEFAULT_EPS, visible=False), gr.Number(value=None, precision=0, visible=False),
               gr.Checkbox(value=True, visible=False), gr.Checkbox(value=False, visible=False),
               gr.Number(value=0, precision=0, visible=False)]
     if batch:
-        return common
+        return common + [gr.Textbox(value="", visible=False), gr.Textbox(value="", visible=False)]
     return common + [gr.Number(value=0, precision=0, visible=False), gr.Number(value=1, precision=0, visible=False),
-                     gr.Checkbox(value=True, visible=False)]
+                     gr.Checkbox(value=True, visible=False), gr.Textbox(value="", visible=False)]
+
+
+def _attack_changed(lim: Limits):
+    def changed(attack):
+        adaptive = _attack_name(attack) == "adaptive"
+        return (gr.update(interactive=adaptive, value=1),
+                gr.update(maximum=lim.adaptive_steps_max if adaptive else lim.steps_max,
+                          value=lim.default_steps("adaptive" if adaptive else "pgd")))
+    return changed
 
 
 def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float | None = None,
@@ -303,92 +393,108 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
     app = DemoApp(pipe, workdir, time_budget_s=time_budget_s, keep_s=keep_s, limits=limits)
     lim = app.limits
     summary, card = model_summary(pipe)
-    hospitals = [(f"Hospital {h}", int(h)) for h in pipe.hospitals]
+    hospitals = app.hospital_choices()
     private = dict(queue=False, api_visibility="private")
+    busy = dict(concurrency_id="analysis", concurrency_limit=8 * max(1, DEFAULT_CONCURRENCY))
     with gr.Blocks(title="MedFedPure demo", delete_cache=(max(60, int(app.sessions.keep_s // 4)),
                                                           max(60, int(app.sessions.keep_s)))) as demo:
-        gr.Markdown("# MedFedPure: brain-tumour MRI classifier with adversarial detection and purification")
-        gr.HTML(render.BANNER)
-        gr.Markdown(render.PAGE_INTRO)
+        gr.HTML(render.TOP_HTML)
         header = gr.Markdown(app.header_text(), elem_id="mfp-header")
-        with gr.Accordion("Model summary", open=False):
+        with gr.Accordion("About this demo, the model and its card", open=False, elem_id="mfp-about"):
+            gr.Markdown(render.PAGE_INTRO)
             gr.Markdown(summary)
             with gr.Accordion("Model card", open=False):
                 gr.Markdown(card)
         with gr.Tab("Analyze a scan"):
-            with gr.Row():
-                with gr.Column(scale=1, min_width=320):
-                    scan_in = gr.File(label="Scan: PNG, JPEG or DICOM (read, then deleted at once)",
-                                      file_count="single", type="filepath", elem_id="mfp-scan")
-                    preview = gr.HTML(elem_id="mfp-preview")
-                    scan_info = gr.Markdown(elem_id="mfp-scan-info")
-                    frame = gr.Slider(0, MAX_FRAME, value=0, step=1, visible=False, elem_id="mfp-frame",
-                                      label="Frame (1 = the first; 0: the default, the middle frame of a DICOM)")
+            with gr.Row(equal_height=False, elem_id="mfp-scan-row"):
+                with gr.Column(scale=4, min_width=280, elem_id="mfp-col-scan"):
+                    gr.Markdown("**1. Pick an example or upload a scan**", elem_classes="mfp-step")
+                    scan_in = gr.File(label="Scan: PNG, JPEG, DICOM or NIfTI (read, then deleted at once)",
+                                      file_count="single", type="filepath", elem_id="mfp-scan", height=110)
                     gr.Examples(examples=[[str(EXAMPLES_DIR / f)] for f, _ in EXAMPLES], inputs=[scan_in],
                                 example_labels=[lab for _, lab in EXAMPLES], label="Example scans",
-                                cache_examples=False)
-                    gr.Markdown(render.EXAMPLES_NOTE)
+                                cache_examples=False, elem_id="mfp-examples")
+                    preview = gr.HTML(elem_id="mfp-preview")
+                    scan_info = gr.Markdown(elem_id="mfp-scan-info")
+                    plane = gr.Radio(list(PLANES), value="axial", label="Plane of the volume", visible=False,
+                                     elem_id="mfp-plane")
+                    frame = gr.Slider(1, MAX_FRAME, value=1, step=1, visible=False, elem_id="mfp-frame",
+                                      label="Frame (1 = the first)")
+                with gr.Column(scale=4, min_width=260, elem_id="mfp-col-settings"):
+                    gr.Markdown("**2. Choose the settings, then analyze**", elem_classes="mfp-step")
                     settings = _settings(hospitals, lim)
-                    eot = gr.Slider(1, lim.eot_max, value=1, step=1, interactive=False, elem_id="mfp-eot",
-                                    label=lim.eot_label)
-                    make_report = gr.Checkbox(value=True, label="Build the PNG/PDF/JSON report (adds about 0.1 s)")
                     with gr.Row():
                         run = gr.Button("Analyze", variant="primary", elem_id="mfp-run")
                         stop = gr.Button("Stop", variant="stop", elem_id="mfp-stop")
-                    limits_md = gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>")
-                with gr.Column(scale=2):
-                    verdict = gr.Markdown(elem_classes="mfp-verdict", elem_id="mfp-verdict")
-                    panels = gr.HTML(elem_id="mfp-panels")
-                    compare = gr.ImageSlider(label="Analyzed scan vs purified (drag the handle)", format="png",
-                                             max_height=360, interactive=False, visible=False, elem_id="mfp-compare")
+                    limits_md = gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>", elem_id="mfp-limits")
+                with gr.Column(scale=6, min_width=300, elem_id="mfp-col-answer"):
+                    gr.Markdown("**3. The answer**", elem_classes="mfp-step")
+                    verdict = gr.Markdown(render.START_TEXT, elem_classes="mfp-verdict", elem_id="mfp-verdict")
+                    probabilities = gr.HTML(elem_id="mfp-probabilities")
                     timings = gr.Markdown(elem_id="mfp-timings")
-                    with gr.Accordion("All numbers (JSON)", open=False):
-                        details = gr.JSON(label="details")
                     report = gr.File(label="Report: PNG, PDF and JSON (no patient identifiers)",
-                                     file_count="multiple", interactive=False, elem_id="mfp-report")
+                                     file_count="multiple", interactive=False, elem_id="mfp-report", height=90)
+            panels = gr.HTML(elem_id="mfp-panels")
+            compare = gr.ImageSlider(label="Analyzed scan vs purified (drag the handle)", format="png",
+                                     max_height=360, interactive=False, visible=False, elem_id="mfp-compare")
+            with gr.Accordion("All numbers (JSON)", open=False):
+                details = gr.JSON(label="details")
             outputs = list(AnalyzeOutputs(verdict=verdict, panels=panels, compare=compare, timings=timings,
-                                          details=details, report=report))  # in the type's order, the API's
-            ui_event = run.click(app.cleared, None, outputs, show_progress="hidden", **private).then(
-                _gpu(app.analyze_ui, 120), [*settings, frame, eot, make_report], outputs, api_visibility="private",
-                show_progress_on=[verdict], concurrency_id="analysis")
-            stop.click(app.stop, None, [verdict], cancels=[ui_event], **private)
+                                          details=details, report=report, probabilities=probabilities))
+            ticket = gr.State(0)
+            hospital, attack, eps, steps, defence, always, seed, eot, make_report = settings
+            ui_inputs = [hospital, attack, eps, steps, defence, always, seed, frame, eot, make_report, plane, ticket]
+            run.click(app.begin, None, [*outputs, ticket], show_progress="hidden", **private).then(
+                _gpu(app.analyze_ui, 120), ui_inputs, outputs, api_visibility="private",
+                show_progress_on=[verdict], **busy)
+            stop.click(app.stop, None, [verdict], **private)
             # The API endpoints read hidden, unbounded inputs: a value out of range gets the app's own one-line
             # message ("steps must be between ..."), not a slider's bounds error with a traceback in the log.
             gr.Button(visible=False).click(_gpu(app.analyze, 120), _api_inputs(hospitals), outputs,
-                                           api_name="analyze", concurrency_id="analysis")
-            scan_in.change(app.inspect, [scan_in], [preview, scan_info, frame, scan_in, *outputs],
+                                           api_name="analyze", **busy)
+            scan_in.change(app.inspect, [scan_in], [preview, scan_info, frame, plane, scan_in, *outputs],
                            api_visibility="private", concurrency_limit=None, show_progress="minimal",
                            show_progress_on=[scan_info])
             frame.release(app.preview_frame, [frame], [preview, scan_info], api_visibility="private",
                           concurrency_limit=None)
             frame.release(app.cleared, None, outputs, **private)
-            attack, steps = settings[1], settings[3]
-            attack.change(lambda a: (gr.update(interactive=a == "adaptive"),
-                                     gr.update(maximum=lim.adaptive_steps_max if a == "adaptive" else lim.steps_max)),
-                          [attack], [eot, steps], **private)
+            plane.input(app.preview_plane, [plane], [preview, scan_info, frame], api_visibility="private",
+                        concurrency_limit=None)
+            plane.input(app.cleared, None, outputs, **private)
+            attack.change(_attack_changed(lim), [attack], [eot, steps], **private)
         with gr.Tab("Batch"):
             gr.Markdown(render.BATCH_NOTE)
-            with gr.Row():
-                with gr.Column(scale=1, min_width=320):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=280):
                     b_files = gr.File(label="Scans (read, then deleted at once)", file_count="multiple",
-                                      type="filepath", elem_id="mfp-batch-files")
+                                      type="filepath", elem_id="mfp-batch-files", height=120)
+                    b_plane = gr.Radio(list(PLANES), value="axial", label="Plane (NIfTI volumes)",
+                                       elem_id="mfp-batch-plane")
+                    b_slices = gr.Textbox(value="", label="Slices or frames (volumes and multi-frame files)",
+                                          placeholder="middle", elem_id="mfp-batch-slices",
+                                          info="empty: the middle one; 40, 45, 50; 30-60; 30-60/5 (every 5th); all")
+                with gr.Column(scale=1, min_width=280):
                     b_settings = _settings(hospitals, lim, "batch-")
                     with gr.Row():
                         b_run = gr.Button("Analyze all", variant="primary", elem_id="mfp-batch-run")
                         b_stop = gr.Button("Stop", variant="stop", elem_id="mfp-batch-stop")
                     b_limits_md = gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>")
-                with gr.Column(scale=2):
-                    b_status = gr.Markdown(elem_id="mfp-batch-status", elem_classes="mfp-verdict")
-                    b_table = gr.Dataframe(headers=render.BATCH_COLUMNS, label="Results", interactive=False,
-                                           wrap=True, elem_id="mfp-batch-table", column_widths=BATCH_WIDTHS)
-                    b_csv = gr.File(label="CSV", interactive=False, elem_id="mfp-batch-csv")
+                with gr.Column(scale=1, min_width=280):
+                    b_status = gr.Markdown(render.BATCH_START, elem_id="mfp-batch-status",
+                                           elem_classes="mfp-verdict")
+                    b_csv = gr.File(label="CSV (the table without the pictures)", interactive=False,
+                                    elem_id="mfp-batch-csv", height=90)
+            b_table = gr.Dataframe(headers=render.BATCH_COLUMNS, label="Results (one row per file, or per slice of "
+                                   "a volume)", interactive=False, wrap=True, elem_id="mfp-batch-table",
+                                   column_widths=BATCH_WIDTHS, datatype=render.BATCH_TYPES)
             b_outputs = list(BatchOutputs(table=b_table, csv=b_csv, status=b_status))
-            b_event = b_run.click(lambda: BatchOutputs(), None, b_outputs, show_progress="hidden", **private).then(
-                _gpu(app.analyze_batch_ui, 300), b_settings, b_outputs, api_visibility="private",
-                show_progress_on=[b_status], concurrency_id="analysis")
-            b_stop.click(app.stop, None, [b_status], cancels=[b_event], **private)
+            b_ticket = gr.State(0)
+            b_run.click(app.begin_batch, None, [*b_outputs, b_ticket], show_progress="hidden", **private).then(
+                _gpu(app.analyze_batch_ui, 300), [*b_settings, b_plane, b_slices, b_ticket], b_outputs,
+                api_visibility="private", show_progress_on=[b_status], **busy)
+            b_stop.click(app.stop, None, [b_status], **private)
             gr.Button(visible=False).click(_gpu(app.analyze_batch, 300), _api_inputs(hospitals, batch=True),
-                                           b_outputs, api_name="analyze_batch", concurrency_id="analysis")
+                                           b_outputs, api_name="analyze_batch", **busy)
             b_files.change(app.load_batch, [b_files], [b_status, b_files, b_table, b_csv], api_visibility="private",
                            concurrency_limit=None, show_progress="minimal", show_progress_on=[b_status])
         gr.Markdown(render.privacy_note(app.sessions.keep_s / 60))

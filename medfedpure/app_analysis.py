@@ -68,7 +68,7 @@ def stage_reporter(tracker: Tracker, spec: AttackSpec, prefix: str = "", clean: 
     return on_stage
 
 
-def _view(pipe, sc, req: AnalyzeRequest, run, limits: dict) -> render.AnalysisView:
+def _view(pipe, sc, req: AnalyzeRequest, run, limits: dict, hospital_name: str = "") -> render.AnalysisView:
     res = run.result[0]
     return render.AnalysisView(
         image=sc.image, meta=sc.meta, result=res, clean=None if run.clean is None else run.clean[0],
@@ -77,14 +77,15 @@ def _view(pipe, sc, req: AnalyzeRequest, run, limits: dict) -> render.AnalysisVi
         statistic=getattr(pipe, "statistic", None),
         target_fpr=(getattr(pipe, "detector_config", None) or {}).get("target_fpr"),
         background_fraction=background_fraction(pipe, res.input, sc.meta), model=render.model_record(pipe),
-        device=run.result.device, limits=limits)
+        device=run.result.device, limits=limits, hospital_name=hospital_name)
 
 
 def analyze_scan(pipe, sc, req: AnalyzeRequest, tracker: Tracker, *, outdir: Callable[[], Path], t0: float,
-                 limits: dict) -> AnalyzeOutputs:
+                 limits: dict, hospital_name: str = "") -> AnalyzeOutputs:
     """One scan (`io.Scan`) -> AnalyzeOutputs. outdir(): a fresh folder for this request's files, asked for only
-    when a file is written. limits: the server's limits, recorded in the details. Raises UserError when the
-    models fail (one plain message; the app keeps serving) and Stopped when the request is stopped."""
+    when a file is written. limits: the server's limits, recorded in the details. hospital_name: what the page
+    calls the hospital. Raises UserError when the models fail (one plain message; the app keeps serving) and
+    Stopped when the request is stopped."""
     import torch
 
     timings = {"read": _ms(t0)}
@@ -102,7 +103,7 @@ def analyze_scan(pipe, sc, req: AnalyzeRequest, tracker: Tracker, *, outdir: Cal
     timings.update({k: v for k, v in res.timings_ms.items() if k != "total"})
     tracker.stage("drawing the figures")
     t_render = time.perf_counter()
-    view = _view(pipe, sc, req, run, limits)
+    view = _view(pipe, sc, req, run, limits, hospital_name)
     verdict = render.analysis_verdict(view)
     panels = render.analysis_panels(view)
     record = render.analysis_record(view, verdict)
@@ -114,6 +115,7 @@ def analyze_scan(pipe, sc, req: AnalyzeRequest, tracker: Tracker, *, outdir: Cal
             path.write_bytes(render.png_bytes(render.gray_rgb(image)))
         pair = tuple(map(str, pair))
     page = render.analysis_html(view, panels)
+    bars = render.analysis_bars(view)
     timings["render"] = _ms(t_render)
     files = None
     if req.make_report:
@@ -125,17 +127,19 @@ def analyze_scan(pipe, sc, req: AnalyzeRequest, tracker: Tracker, *, outdir: Cal
     timings["total"] = _ms(t0)
     record["timings_ms"] = {k: round(v, 1) for k, v in timings.items()}
     return AnalyzeOutputs(verdict, page, pair, render.timings_markdown(record["timings_ms"], view.device),
-                          render.jsonable(record), files)
+                          render.jsonable(record), files, bars)
 
 
 def analyze_scans(pipe, items, req: AnalyzeRequest, tracker: Tracker, *, csv_path: Path,
-                  t0: float) -> BatchOutputs:
-    """items: (row from 1, app_files.Loaded or None, error or None) each -> BatchOutputs, the CSV at csv_path."""
+                  t0: float, hospital_name: str = "") -> BatchOutputs:
+    """items: (file number from 1, app_files.Loaded or None, error or None) each, one per slice of a volume ->
+    BatchOutputs (rows numbered from 1), the CSV at csv_path."""
     import pandas as pd
     import torch
 
-    rows = [render.batch_row(row, error=err) if loaded is None else None for row, loaded, err in items]
-    good = [(pos, row, loaded.scan) for pos, (row, loaded, _) in enumerate(items) if loaded is not None]
+    rows = [render.batch_row(i, error=err, file=number) if loaded is None else None
+            for i, (number, loaded, err) in enumerate(items, start=1)]
+    good = [(pos, number, loaded.scan) for pos, (number, loaded, _) in enumerate(items) if loaded is not None]
     for start in range(0, len(good), BATCH_CHUNK):
         chunk = good[start:start + BATCH_CHUNK]
         span = (f"scans {start + 1}-{start + len(chunk)} of {len(good)}" if len(good) > BATCH_CHUNK else
@@ -153,12 +157,12 @@ def analyze_scans(pipe, items, req: AnalyzeRequest, tracker: Tracker, *, csv_pat
             log.error("batch chunk failed: %s", type(exc).__name__)
             results = [None] * len(chunk)
             message = f"analysis failed ({type(exc).__name__})"
-        for (pos, row, sc), res in zip(chunk, results):
-            frames = sc.meta.get("frames") or 1
-            frame = f"{(sc.meta.get('frame') or 0) + 1} of {frames}" if frames > 1 else None
-            rows[pos] = render.batch_row(row, res, frame=frame, scan=render.scan_id(sc.image),
-                                         blank=bool(np.ptp(sc.image) == 0), error=message)
+        for (pos, number, sc), res in zip(chunk, results):
+            rows[pos] = render.batch_row(pos + 1, res, file=number, place=render.scan_place(sc.meta),
+                                         scan=render.scan_id(sc.image), blank=bool(np.ptp(sc.image) == 0),
+                                         error=message, picture=render.thumbnail(sc.image))
     render.write_batch_csv(rows, csv_path)
-    status = render.batch_status(rows, hospital=req.hospital, attack=req.attack.name, defence=req.defence,
+    status = render.batch_status(rows, hospital=hospital_name or f"hospital {req.hospital}",
+                                 attack=req.attack.title if req.attack.active else "none", defence=req.defence,
                                  purify=req.purify, device=str(pipe.device), seconds=time.perf_counter() - t0)
     return BatchOutputs(pd.DataFrame(rows, columns=render.BATCH_COLUMNS), str(csv_path), status)

@@ -21,6 +21,7 @@ tracker, and turns the expected failures (a user error, a stopped request) into 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -171,27 +172,84 @@ class Requests:
     """The app's requests: each runs with its session (`app_files.Sessions`), a cancel flag that `stop` sets and a
     `Tracker` (time budget, progress) that is the thread's current one.
 
-    `run(where, session_hash, progress, work, on_error=None)` answers one request with work(session, tracker, t0),
-    after prepare(tracker) (waiting for the models). An error of `user_errors` or `Stopped` is logged as one line
-    (no traceback, no file name: the messages name none), then raised as api_error(message) for an API call, or
-    passed to on_error(stopped, message) for the page, whose return value is the answer.
+    `run(where, session_hash, progress, work, on_error=None, kind="light", ticket=None)` answers one request with
+    work(session, tracker, t0), after prepare(tracker) (waiting for the models). An error of `user_errors` or
+    `Stopped` is logged as one line (no traceback, no file name: the messages name none), then raised as
+    api_error(message) for an API call, or passed to on_error(stopped, message) for the page, whose return value
+    is the answer: a stopped page request ends normally (no error badge), it only says so.
+
+    Kinds of work: `slots` says how many requests of each kind run at once ({"light": 2, "heavy": 2}: a light
+    request never waits behind heavy ones, it has slots of its own); a request waits for a slot of its kind
+    (Stop ends the wait; its time budget starts when it gets one). Heavy work (`nice` > 0) runs in threads of
+    its own at a lower CPU priority, so that a light request started meanwhile keeps its speed.
+    ticket: the session's Stop count when the request was made (`Session.stops`); a request queued before a
+    Stop ends at once when its turn comes. on_refused(): called when the request ends before its work started.
     """
 
     def __init__(self, sessions, budget_s: float | None, *, prepare=None, user_errors: tuple = (),
-                 api_error=RuntimeError, log: logging.Logger | None = None):
+                 api_error=RuntimeError, log: logging.Logger | None = None, slots: dict | None = None,
+                 nice: int = 10):
         self.sessions, self.budget_s = sessions, budget_s
         self.prepare = prepare or (lambda tracker: None)
         self.user_errors, self.api_error = tuple(user_errors), api_error
         self.log = log or logging.getLogger("medfedpure.app")
+        self.slots = dict(slots or {"light": 2, "heavy": 2})
+        self._free = {kind: threading.BoundedSemaphore(max(1, int(n))) for kind, n in self.slots.items()}
+        self.running = {kind: 0 for kind in self.slots}
+        self.nice = int(nice)
+        self._pool = None
+        self._lock = threading.Lock()
 
-    def run(self, where: str, session_hash, progress, work, on_error=None):
+    def _wait_for_slot(self, kind: str, tracker: Tracker) -> None:
+        free = self._free[kind]
+        if free.acquire(blocking=False):
+            return
+        tracker.stage(f"waiting for a free slot: {self.slots[kind]} {kind} "
+                      f"analys{'is is' if self.slots[kind] == 1 else 'es are'} running on this server")
+        while not free.acquire(timeout=0.2):
+            if tracker.cancel.is_set():
+                raise Stopped("stop", "the wait for a free slot", tracker.elapsed(), self.budget_s or 0.0)
+
+    def _heavy_pool(self):
+        with self._lock:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=self.slots.get("heavy", 1),
+                                                thread_name_prefix="medfedpure-heavy",
+                                                initializer=_lower_priority, initargs=(self.nice,))
+            return self._pool
+
+    def run(self, where: str, session_hash, progress, work, on_error=None, *, kind: str = "light",
+            ticket: int | None = None, on_refused=None):
+        import contextvars
+
+        kind = kind if kind in self._free else next(iter(self._free))
         session = self.sessions.get(session_hash)
         cancel = threading.Event()
         session.cancels.add(cancel)
+        got = False
         try:
-            with tracking(Tracker(self.budget_s, cancel, progress)) as tracker:
-                self.prepare(tracker)
-                return work(session, tracker, time.perf_counter())
+            if ticket is not None and int(ticket) != session.stops:
+                raise Stopped("stop", "", 0.0, self.budget_s or 0.0)
+            try:
+                self._wait_for_slot(kind, Tracker(None, cancel, progress))
+            except Stopped:
+                if on_refused is not None:  # never started: what it was sent is cleaned up all the same
+                    on_refused()
+                raise
+            got = True
+            with self._lock:
+                self.running[kind] += 1
+
+            def answer():
+                with tracking(Tracker(self.budget_s, cancel, progress)) as tracker:
+                    self.prepare(tracker)
+                    return work(session, tracker, time.perf_counter())
+
+            if kind == "heavy" and self.nice > 0:
+                return self._heavy_pool().submit(contextvars.copy_context().run, answer).result()
+            return answer()
         except (Stopped, *self.user_errors) as exc:
             stopped = isinstance(exc, Stopped)
             message = exc.message() if stopped else str(exc)
@@ -201,13 +259,33 @@ class Requests:
             return on_error(stopped, message)
         finally:
             session.cancels.discard(cancel)
+            if got:
+                with self._lock:
+                    self.running[kind] -= 1
+                self._free[kind].release()
 
     def stop(self, session_hash) -> int:
-        """End every running request of a session at its next model call -> how many there were."""
+        """End every running request of a session at its next model call, and every one it has queued when its
+        turn comes -> how many were running."""
         session = self.sessions.peek(session_hash)
-        running = list(session.cancels) if session is not None else []
+        if session is None:
+            return 0
+        session.stops += 1
+        running = list(session.cancels)
         for event in running:
             event.set()
         if running:
             self.log.info("stop: %d running request(s) of a session stopped", len(running))
         return len(running)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority(nice: int) -> None:
+    """Run this (worker) thread at a lower CPU priority: Linux schedules threads one by one."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), max(0, int(nice)))
+    except (AttributeError, OSError):  # not Linux, or not allowed: the same priority as the rest
+        pass

@@ -56,75 +56,114 @@ DISCLAIMER = "Research demo, not a medical device; not for diagnosis."
 # The page's fixed texts.
 BANNER = (f"<div class='mfp-disclaimer'>&#9888; {DISCLAIMER} Outputs of an experimental model must not inform any "
           "clinical decision. Do not upload scans that identify a patient.</div>")
+TOP_HTML = ("<div class='mfp-top'><h1>MedFedPure: a brain-tumour MRI classifier that defends itself against "
+            f"attacks</h1>{BANNER}</div>")
 PAGE_INTRO = (
-    "A federated, per-hospital classifier (tumour / no tumour, and the tumour type when the model has one) is "
-    "protected by a masked-autoencoder **detector** (suspicious scans are flagged) and an adaptive "
-    "**diffusion purifier** (flagged scans are noised to a depth t* that grows with the score, then "
-    "denoised). An out-of-distribution check, when the model has one, refuses scans unlike any training "
-    "scan. Attack a scan and watch each stage. Reimplementation of Karami et al., *MedFedPure*, "
-    "arXiv 2511.11625.")
-EXAMPLES_NOTE = (
-    "<small>Examples: Br35H :: Brain Tumor Detection 2020 (Kaggle, Ahmed Hamada), via "
-    "github.com/07Harjot/Brain-tumor-detection-system; the Nickparvar Brain Tumor MRI "
-    "Dataset (Kaggle) and TCGA-LGG FLAIR slices (Buda et al. 2019, TCIA). Licences not "
-    "stated by the authors (research/educational use); see assets/examples/SOURCE.md. "
-    "The models may have seen some of them in training: they demonstrate, they do not "
-    "measure.</small>")
+    "A classifier trained by several hospitals together without sharing their scans (federated learning) answers "
+    "tumour or no tumour, and the tumour type when the model has one. Small, invisible changes to a scan (an "
+    "**attack**) can flip its answer; the **defence** looks for them with a detector (a masked autoencoder that "
+    "tries to redraw the scan: attacked scans are harder to redraw) and **purifies** a scan that looks attacked "
+    "(it adds noise, more for a more suspicious scan, and a diffusion model redraws it). An out-of-distribution "
+    "check, when the model has one, refuses files unlike any training scan. Attack a scan and watch each stage. "
+    "Reimplementation of Karami et al., *MedFedPure*, arXiv 2511.11625.\n\n"
+    "<small>Example scans: Br35H :: Brain Tumor Detection 2020 (Kaggle, Ahmed Hamada), via "
+    "github.com/07Harjot/Brain-tumor-detection-system; the Nickparvar Brain Tumor MRI Dataset (Kaggle) and "
+    "TCGA-LGG FLAIR slices (Buda et al. 2019, TCIA). Licences not stated by the authors (research/educational "
+    "use); see assets/examples/SOURCE.md. The models may have seen some of them in training: they demonstrate, "
+    "they do not measure.</small>")
+EXAMPLES_NOTE = "<small>Where the examples come from: see \"About this demo\" above.</small>"
+START_TEXT = ("### Start here\n1. Click an example scan (or upload your own: PNG, JPEG, DICOM or NIfTI).\n"
+              "2. Optionally choose an attack, to see whether the defence notices it.\n"
+              "3. Press **Analyze**: the answer appears here, with how sure the model is.")
+BATCH_START = ("**Several scans at once**: upload them on the left, then press **Analyze all**. The table below "
+               "gets one row per file (one per slice of a volume).")
 BATCH_NOTE = (
-    "Several scans, or the files of a DICOM series (one row per file, numbered in upload order "
-    "and named by a pixel hash; a multi-frame file is read at its middle frame). A file that "
-    "cannot be read gets an error row; the rest are still analyzed.")
+    "Several scans, the files of a DICOM series, or NIfTI volumes (one row per slice asked for). Rows name each "
+    "scan by its file's number in upload order, its slice or frame, a small picture and a pixel hash, never by "
+    "its file name. A file that cannot be read gets an error row; the rest are still analyzed.")
+
+
+def ready_text(meta: dict) -> str:
+    """The answer box after an upload: what to do next."""
+    what = ("Move the slice slider or change the plane to choose another slice, then press **Analyze**."
+            if meta.get("plane") else "Press **Analyze** (or choose an attack first).")
+    return f"### Scan loaded\n{what}"
 
 
 def model_header(description: str, device, hospitals, loading: bool = False) -> str:
-    """The page's line under the title: the model, the device (or that the models are still loading), hospitals."""
+    """The page's line under the title: the model, the device (or that the models are still loading), hospitals.
+    hospitals: their ids, or id -> the page's name for each."""
     state = f"device **{device}**" + (" (loading the models...)" if loading else "")
-    return (f"**Model:** {description or 'unknown source'} &middot; {state} "
-            f"&middot; hospitals {', '.join(map(str, hospitals))}")
+    if isinstance(hospitals, dict):
+        names = list(hospitals.values())
+        simulated = [n for n in names if n.startswith("simulated")]
+        real = [n for n in names if not n.startswith("simulated")]
+        parts = ([f"{len(simulated)} simulated"] if simulated else []) + real
+        where = f"{len(names)} hospitals ({', '.join(parts)})"
+    else:
+        where = f"hospitals {', '.join(map(str, hospitals))}"
+    return f"**Model:** {description or 'unknown source'} &middot; {state} &middot; {where}"
 
 
 def privacy_note(keep_minutes: float) -> str:
     return (f"<small>{DISCLAIMER} Uploaded files are read into memory and deleted at once; reports "
             "and the scans held in memory are deleted when you close this page, after "
             f"{keep_minutes:.0f} minutes at the latest, and when the server stops. Pages, tables, "
-            "CSV files and reports name a scan by a hash of its pixels, never by its file name or DICOM "
-            "tags.</small>")
+            "CSV files and reports name a scan by a hash of its pixels, never by its file name, DICOM "
+            "tags or NIfTI header text.</small>")
 
 
-# The styles of the HTML built here (panels, plot, bars, preview); the app passes them to the page.
+# The styles of the HTML built here (panels, plot, bars, preview) and of the page's layout; the app passes them
+# to the page. Every text colour has a contrast of at least 4.5:1 on its background.
 PAGE_CSS = """
-.mfp-disclaimer {background:#fff4e5; border:1px solid #f0a000; border-radius:8px; padding:8px 14px;
+.mfp-top h1 {font-size:1.45em; margin:0 0 6px 0;}
+.mfp-disclaimer {background:#fff4e5; border:1px solid #f0a000; border-radius:8px; padding:6px 12px;
                  color:#5a3b00; font-weight:600;}
+.mfp-step p {margin:0; font-size:1.02em;}
 .mfp-verdict {min-height:64px;}
 .mfp-verdict h3 {margin:0 0 4px 0;}
-.mfp-grid {display:grid; grid-template-columns:repeat(3, minmax(0, 1fr)); gap:10px;}
+.mfp-verdict details {margin-top:6px;}
+.mfp-verdict summary {cursor:pointer; font-weight:600;}
+.mfp-grid {display:grid; grid-template-columns:repeat(auto-fill, minmax(170px, 1fr)); gap:10px;}
 .mfp-panel {margin:0; display:flex; flex-direction:column; gap:3px;}
-.mfp-title {font-weight:600; font-size:0.9em; line-height:1.25; overflow-wrap:anywhere;}
+.mfp-title {font-weight:600; font-size:0.9em; line-height:1.25; overflow-wrap:break-word;}
 .mfp-panel img {width:100%; aspect-ratio:1/1; object-fit:contain; image-rendering:pixelated; background:#000;
-                border-radius:4px;}
+                border-radius:4px; display:block;}
 .mfp-blank {width:100%; aspect-ratio:1/1; display:flex; align-items:center; justify-content:center;
-            text-align:center; padding:10px; box-sizing:border-box; background:#f2f2f2; color:#555;
+            text-align:center; padding:10px; box-sizing:border-box; background:#f2f2f2; color:#444;
             border:1px dashed #bbb; border-radius:4px; font-size:0.85em;}
-.mfp-note {font-size:0.8em; color:#555; line-height:1.3;}
-.mfp-row {display:grid; grid-template-columns:minmax(0, 3fr) minmax(0, 2fr); gap:14px; margin-top:12px;}
+.mfp-note {font-size:0.8em; color:#444; line-height:1.3;}
+.mfp-row {display:grid; grid-template-columns:minmax(0, 1fr); gap:14px; margin-top:12px;}
 .mfp-plot {min-width:0;} .mfp-svg {display:block; max-width:520px;}
 .mfp-legend {display:flex; flex-wrap:wrap; gap:4px 12px; font-size:0.8em; color:#333;}
 .mfp-legend i {display:inline-block; width:14px; height:3px; margin:0 5px 3px 0; vertical-align:middle;}
 .mfp-bars {margin-bottom:10px;}
-.mfp-bar {display:grid; grid-template-columns:92px minmax(0, 1fr) 52px; gap:6px; align-items:center;
+.mfp-bar {display:grid; grid-template-columns:110px minmax(0, 1fr) 46px; gap:6px; align-items:center;
           font-size:0.85em;}
-.mfp-bar-track {height:12px; background:#eee; border-radius:3px; overflow:hidden;}
+.mfp-bar-track {height:12px; background:#e6e6e6; border-radius:3px; overflow:hidden;}
 .mfp-bar-fill {display:block; height:100%; background:#2d6ebe;}
-.mfp-muted .mfp-bar-fill {background:#aaa;} .mfp-muted {color:#777;}
+.mfp-muted .mfp-bar-fill {background:#999;} .mfp-muted {color:#555;}
+.mfp-sides {position:relative; display:inline-block; width:100%; line-height:0;}
+.mfp-preview .mfp-sides {width:180px;}
 .mfp-preview img {width:180px; height:180px; image-rendering:pixelated; background:#000; border-radius:4px;}
+.mfp-side {position:absolute; font:700 12px/1 sans-serif; color:#ffeb3b; background:rgba(0,0,0,0.75);
+           padding:2px 3px; border-radius:3px;}
+.mfp-side-l {left:2px; top:50%; transform:translateY(-50%);} .mfp-side-r {right:2px; top:50%;
+           transform:translateY(-50%);}
+.mfp-side-t {top:2px; left:50%; transform:translateX(-50%);} .mfp-side-b {bottom:2px; left:50%;
+           transform:translateX(-50%);}
+#mfp-batch-table img {width:44px; height:44px; image-rendering:pixelated; margin:0;}
+#mfp-batch-table th, #mfp-batch-table th * {overflow-wrap:normal; word-break:normal; hyphens:none;}
 @media (max-width: 700px) {.mfp-grid {grid-template-columns:repeat(2, minmax(0, 1fr));}
-                           .mfp-row {grid-template-columns:1fr;}}
+                           .mfp-top h1 {font-size:1.15em;}}
 """
-# The batch table: a row number and the pixel hash name each scan (never the uploaded file's name); the status
-# column sits early so that an error is readable without scrolling.
-BATCH_COLUMNS = ["row", "scan_id", "status", "answer", "p_answer", "tumour_type", "in_distribution", "flagged",
-                 "score", "threshold", "t_star", "before_defence", "frame"]
-
+# The batch table (and its CSV, without the picture): each scan is named by its file's number in upload order,
+# its slice or frame, a small picture and a pixel hash (never the uploaded file's name); the status sits early so
+# that an error is readable at 1400 px. Yes/no and rounded numbers, the same in the table and the CSV.
+BATCH_COLUMNS = ["row", "picture", "file", "slice", "scan", "status", "answer", "sure", "tumour type",
+                 "like training scans", "flagged", "score", "threshold", "purified (t*)", "before the defence"]
+CSV_COLUMNS = [c for c in BATCH_COLUMNS if c != "picture"]
+BATCH_TYPES = ["number", "markdown", "number"] + ["str"] * (len(BATCH_COLUMNS) - 3)
 _INFERNO_HEX = (
     "00000401000501010601010802010a02020c02020e03021004031204031405041706041907051b08051d09061f0a07220b07240c08260d08"
     "290e092b10092d110a30120a32140b34150b37160b39180c3c190c3e1b0c411c0c431e0c451f0c48210c4a230c4c240c4f260c51280b5329"
@@ -307,17 +346,32 @@ BACKGROUND_STATISTICS = ("background_highpass", "background_highpass_residual")
 
 
 def statistic_phrase(statistic: str | None) -> str:
+    """What the detector's score measures, in words (no internal names)."""
     if not statistic:
         return "the detector's anomaly score"
-    return f"{statistic.replace('_', ' ')}: {STATISTIC_TEXT.get(statistic, 'the detector anomaly statistic')}"
+    return STATISTIC_TEXT.get(statistic, "how unusual the scan looks to the masked autoencoder")
 
 
 def _fmt(x) -> str:
-    return "n/a" if x is None else f"{float(x):.4g}"
+    """A score or threshold to 3 significant digits (what they can tell apart)."""
+    return "n/a" if x is None else f"{float(x):.3g}"
 
 
 def _pct(p: float) -> str:
-    return f"{100 * float(p):.0f}%"
+    """A probability as a whole percentage; never "100%" or "0%" for what is not certain."""
+    p = float(p)
+    if 0.995 <= p < 1.0:
+        return ">99%"
+    if 0.0 < p < 0.005:
+        return "<1%"
+    return f"{100 * p:.0f}%"
+
+
+def sureness(p: float) -> str:
+    """How sure the model is, in words, with the number."""
+    p = float(p)
+    word = "very sure" if p >= 0.95 else "fairly sure" if p >= 0.8 else "unsure" if p < 0.65 else "leaning"
+    return f"{_pct(p)}, {word}"
 
 
 def type_phrase(result) -> str:
@@ -359,69 +413,108 @@ def ood_phrase(result) -> str:
     return f"Out-of-distribution check: unlike every training scan{where}."
 
 
+def _answer_line(result, defence: bool) -> str:
+    final = pretty(result.final_prediction)
+    p = max(map(float, result.final_probabilities))
+    return f"### Answer: {final} ({sureness(p)})" + ("" if defence else " · defence off")
+
+
+def _story(result, *, defence: bool, attack: str, eps: float, clean_prediction: str | None) -> tuple[str, str]:
+    """(headline addition, plain sentences): whether the scan looked attacked and what the defence did, and
+    when an attack was run, whether the answer shown is the clean scan's."""
+    before, final = pretty(result.prediction), pretty(result.final_prediction)
+    purified = result.purified is not None
+    changed = purified and result.purified_prediction != result.prediction
+    if not defence:
+        look = "The defence is off: nothing was checked or purified, so the answer is the classifier's own."
+    elif result.flagged:
+        look = "The scan looked attacked (the detector flagged it), so it was purified (noised, then redrawn)"
+        look += (f", which changed the answer from {before} to {final}." if changed else
+                 ", and the answer stayed the same." if purified else ".")
+    elif purified:
+        look = ("The scan did not look attacked; it was purified anyway ('purify always')"
+                + (f", which changed the answer from {before} to {final}." if changed else
+                   ", and the answer stayed the same."))
+    else:
+        look = "The scan did not look attacked (the detector did not flag it), so it was not purified."
+    if attack == "none" or clean_prediction is None:
+        if defence and result.flagged and attack == "none":
+            look += " No attack was run, so the flag is a false alarm."
+        return "", look
+    name = {"fgsm": "FGSM", "pgd": "PGD"}.get(attack, "adaptive")
+    clean = pretty(clean_prediction)
+    hit = clean_prediction != result.prediction
+    attack_text = (f"The {name} attack (strength {eps * 255:.0f}/255) changed the classifier's answer from "
+                   f"{clean} to {before}." if hit else
+                   f"The {name} attack (strength {eps * 255:.0f}/255) did not change the classifier's answer.")
+    if result.final_prediction == clean_prediction:
+        if hit and defence:
+            return " · the defence restored it", (f"{attack_text} {look} **The defence restored the clean "
+                                                       f"scan's answer ({clean}).**")
+        return "", f"{attack_text} {look} The answer is the clean scan's ({clean})."
+    if not defence:
+        return " · the attack won", (f"{attack_text} {look} **The answer shown is not the clean scan's "
+                                          f"answer ({clean}).**")
+    return " · the defence failed", (f"{attack_text} {look} **The defence failed: the clean scan's answer was "
+                                          f"{clean}, the answer shown is {final}.**")
+
+
 def verdict(result, *, defence: bool = True, attack: str = "none", eps: float = 0.0,
             clean_prediction: str | None = None, quantiles=None, statistic: str | None = None,
             target_fpr: float | None = None, background_fraction: float | None = None,
             blank: bool = False) -> str:
-    """The plain-language answer about one `ScanResult` (markdown): the decision and tumour type first, or, for
-    a scan the model does not know (out of distribution, or blank), that plain message instead of a diagnosis;
-    then why the detector did or did not flag it, what purification did, and what the attack did."""
-    final = pretty(result.final_prediction)
+    """The answer about one `ScanResult` (markdown), plain words first: the answer and how sure the model is,
+    the tumour type, whether the scan looked attacked and what the defence did, and after an attack whether the
+    answer is the clean scan's (the defence restored it, or failed). A scan the model does not know (out of
+    distribution, or blank) gets that plain message and no answer at all. The statistics behind it (scores,
+    thresholds, purification depth, the out-of-distribution score) follow in a details fold."""
     unknown = blank or getattr(result, "in_distribution", None) is False
     lines = []
     if blank:
         lines.append("### No diagnosis: the image is blank\nEvery pixel has the same value, so there is nothing "
-                     "to analyze. The model's numbers below are not meaningful.")
+                     "to analyze.")
     elif unknown and _colour_picture(result):
         lines.append("### No diagnosis: this is a colour picture, not an MRI slice\n"
                      "MRI slices are grayscale; a colour file is a photograph, a screenshot or a colour-coded map, "
-                     "which the model was never trained on, so its answer would not mean anything. Upload the "
-                     "scan itself (DICOM, or a grayscale PNG / JPEG export). " + ood_phrase(result))
+                     "which the model was never trained on, so any answer would be meaningless. Upload the scan "
+                     "itself (DICOM, NIfTI, or a grayscale PNG / JPEG export).")
     elif unknown:
         lines.append("### No diagnosis: this does not look like a brain MRI slice the model knows\n"
                      "It is unlike every scan the model was trained on (for example a blank or noisy image, a "
-                     "photograph, or another body part or modality), so its answer would not mean anything. "
-                     + ood_phrase(result))
+                     "photograph, or another body part or modality), so any answer would be meaningless.")
     else:
-        head = f"### Answer: {final}" + ("" if defence else " (defence off: the classifier's own answer)")
-        lines.append(head + "\n" + type_phrase(result))
-    # why the flag
+        extra, story = _story(result, defence=defence, attack=attack, eps=eps, clean_prediction=clean_prediction)
+        lines.append(_answer_line(result, defence) + extra)
+        if is_tumour(result.final_prediction):
+            lines.append(type_phrase(result))
+        lines.append(story)
+    # the statistics behind it
+    facts = []
     where = f", {percentile_phrase(result.score, quantiles)}" if quantiles is not None else ""
-    fpr = f" (calibrated so that about {_pct(target_fpr)} of clean scans exceed it)" if target_fpr else ""
-    stat = f" The score is {statistic_phrase(statistic)}." if statistic else ""
+    fpr = f" (set so that about {_pct(target_fpr)} of clean scans exceed it)" if target_fpr else ""
+    what = f" The score measures {statistic_phrase(statistic)}." if statistic else ""
     if result.flagged:
-        lines.append(f"**Flagged as suspicious**: detector score {_fmt(result.score)} > threshold "
-                     f"{_fmt(result.threshold)}{fpr}{where}.{stat}")
+        facts.append(f"**Flagged as suspicious**: detector score {_fmt(result.score)} > threshold "
+                     f"{_fmt(result.threshold)}{fpr}{where}.{what}")
     else:
-        lines.append(f"**Not flagged**: detector score {_fmt(result.score)} <= threshold "
-                     f"{_fmt(result.threshold)}{fpr}{where}.{stat}")
+        facts.append(f"**Not flagged**: detector score {_fmt(result.score)} ≤ threshold "
+                     f"{_fmt(result.threshold)}{fpr}{where}.{what}")
     little = background_fraction is not None and background_fraction < 0.05
     if statistic in BACKGROUND_STATISTICS and not blank and (little or (result.score == 0 and not result.flagged)):
-        share = f" ({100 * background_fraction:.1f}% of its own pixels)" if background_fraction is not None else ""
-        lines.append(f"The detector looks only at the dark background around the head, and this scan has little "
+        share = f" ({100 * background_fraction:.0f}% of its own pixels)" if background_fraction is not None else ""
+        facts.append(f"The detector looks only at the dark background around the head, and this scan has little "
                      f"or none{share}" + (", and its score is exactly 0" if result.score == 0 else "")
                      + ", so the detector cannot judge it: read 'not flagged' as 'not checked'.")
-    if not defence:
-        lines.append(f"Defence is off, so nothing was purified and the answer is the classifier's own: **{final}**.")
-    elif result.purified is not None:
-        why = "" if result.flagged else " (purification forced on: 'purify always')"
-        if result.purified_prediction != result.prediction:
-            change = (f"the classifier's answer changed from **{pretty(result.prediction)}** to "
-                      f"**{pretty(result.purified_prediction)}**.")
-        else:
-            change = f"the classifier's answer is unchanged (**{pretty(result.prediction)}**)."
-        lines.append(f"Purified at depth t* = {result.t_star}{why}; {change}")
-    else:
-        lines.append(f"Not purified (not flagged); the answer is the classifier's own: **{final}**.")
+    if result.purified is not None:
+        facts.append(f"Purification depth t* = {result.t_star} of 1000 diffusion steps (deeper: more noise added "
+                     f"before the scan is redrawn); the classifier said {pretty(result.prediction)} before and "
+                     f"{pretty(result.purified_prediction)} after.")
     if attack != "none":
-        atk = f"{attack.upper() if attack in ('fgsm', 'pgd') else 'adaptive'} attack (eps {eps:.4g})"
-        if clean_prediction is not None and clean_prediction != result.prediction:
-            lines.append(f"The {atk} changed the classifier's answer from **{pretty(clean_prediction)}** to "
-                         f"**{pretty(result.prediction)}** (before the defence).")
-        elif clean_prediction is not None:
-            lines.append(f"The {atk} did not change the classifier's answer (**{pretty(result.prediction)}**).")
-    if not unknown:
-        lines.append(ood_phrase(result))
+        facts.append(f"Attack strength: each pixel moved by at most {eps:.4g} (= {eps * 255:.1f}/255 of the "
+                     "brightness range).")
+    facts.append(ood_phrase(result))
+    lines.append("<details><summary>Why: the numbers behind this answer</summary>\n\n"
+                 + "\n\n".join(facts) + "\n\n</details>")
     return "\n\n".join(lines)
 
 
@@ -433,12 +526,13 @@ def timings_markdown(timings_ms: dict, device: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ page figures
 class Panel:
-    """One picture of the page: a title, the image ((H, W) float or (H, W, 3) uint8; None = empty) and a note."""
+    """One picture of the page: a title, the image ((H, W) float or (H, W, 3) uint8; None = empty), a note, and
+    for a volume's slice its side letters (left, right, top, bottom)."""
 
-    __slots__ = ("title", "image", "note")
+    __slots__ = ("title", "image", "note", "sides")
 
-    def __init__(self, title: str, image=None, note: str = ""):
-        self.title, self.image, self.note = title, image, note
+    def __init__(self, title: str, image=None, note: str = "", sides=None):
+        self.title, self.image, self.note, self.sides = title, image, note, sides
 
     def rgb(self) -> np.ndarray | None:
         if self.image is None:
@@ -451,7 +545,8 @@ def panels_html(panels: list[Panel]) -> str:
     cells = []
     for p in panels:
         rgb = p.rgb()
-        body = (f"<img alt='{html.escape(p.title)}' src='{data_uri(rgb)}'>" if rgb is not None else
+        body = (f"<div class='mfp-sides'><img alt='{html.escape(p.title)}' src='{data_uri(rgb)}'>"
+                f"{_sides_html(p.sides)}</div>" if rgb is not None else
                 f"<div class='mfp-blank'>{html.escape(p.note or 'not computed')}</div>")
         note = f"<div class='mfp-note'>{html.escape(p.note)}</div>" if rgb is not None and p.note else ""
         cells.append(f"<figure class='mfp-panel'><figcaption class='mfp-title'>{html.escape(p.title)}</figcaption>"
@@ -531,7 +626,7 @@ def bars_html(title: str, probabilities: dict, note: str = "", muted: bool = Fal
         p = float(p)
         rows.append(f"<div class='mfp-bar'><span class='mfp-bar-name'>{html.escape(pretty(name))}</span>"
                     f"<span class='mfp-bar-track'><span class='mfp-bar-fill' style='width:{100 * p:.1f}%'></span>"
-                    f"</span><span class='mfp-bar-p'>{100 * p:.1f}%</span></div>")
+                    f"</span><span class='mfp-bar-p'>{_pct(p)}</span></div>")
     note = f"<div class='mfp-note'>{html.escape(note)}</div>" if note else ""
     cls = "mfp-bars mfp-muted" if muted else "mfp-bars"
     return f"<div class='{cls}'><div class='mfp-title'>{html.escape(title)}</div>{''.join(rows)}{note}</div>"
@@ -663,6 +758,12 @@ def report_image(panels: list[Panel], info: dict) -> np.ndarray:
                           line, fill=(110, 110, 110), font=small, anchor="mm")
         else:
             im.paste(Image.fromarray(rgb).resize((side, side), Image.Resampling.NEAREST), box[:2])
+            if getattr(p, "sides", None):  # a volume's side letters, as on the page
+                (x0, y0, x1, y1), mid = box, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+                for letter, at in zip(p.sides, ((x0 + 9, mid[1]), (x1 - 9, mid[1]), (mid[0], y0 + 9),
+                                                (mid[0], y1 - 9))):
+                    draw.rectangle((at[0] - 8, at[1] - 8, at[0] + 8, at[1] + 8), fill=(0, 0, 0))
+                    draw.text(at, letter, fill=(255, 235, 59), font=body, anchor="mm")
     y = top + 2 * (side + gap + 20) + 4
     _plot_pil(draw, (margin, y, margin + 500, y + 230), info.get("quantiles"), float(info["threshold"]),
               float(info["score"]), info.get("clean_score"))
@@ -679,7 +780,7 @@ def report_image(panels: list[Panel], info: dict) -> np.ndarray:
             draw.text((bx, by + 8), pretty(name), fill=(40, 40, 40), font=small, anchor="lm")
             draw.rectangle((bx + 110, by + 2, bx + 110 + 300, by + 14), outline=(190, 190, 190))
             draw.rectangle((bx + 110, by + 2, bx + 110 + int(300 * float(pv)), by + 14), fill=(45, 110, 190))
-            draw.text((bx + 420, by + 8), f"{100 * float(pv):.1f}%", fill=(40, 40, 40), font=small, anchor="lm")
+            draw.text((bx + 420, by + 8), _pct(pv), fill=(40, 40, 40), font=small, anchor="lm")
             by += 18
         by += 8
     legend = [((85, 85, 85), "clean scans (cumulative)"), ((224, 123, 0), f"threshold {_fmt(info['threshold'])}")]
@@ -750,12 +851,26 @@ def jsonable(obj):
 
 
 # ------------------------------------------------------------------------------------------------ batch
-def batch_row(row: int, result=None, *, error: str | None = None, frame=None, scan: str = "",
-              blank: bool = False) -> dict:
-    """One row of the batch table (BATCH_COLUMNS) from a ScanResult, or an error row. `row` counts from 1 in
-    upload order; the scan is named by its pixel hash only."""
+def thumbnail(image: np.ndarray, side: int = 48) -> str:
+    """A small picture of a scan for a table cell (markdown with an inline PNG)."""
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(gray_rgb(image)).resize((side, side), Image.Resampling.BILINEAR))
+    return f"![scan]({data_uri(small)})"
+
+
+def _yes(value) -> str:
+    return "" if value is None else ("yes" if value else "no")
+
+
+def batch_row(row: int, result=None, *, error: str | None = None, file: int | None = None, place: str = "",
+              scan: str = "", blank: bool = False, picture: str = "") -> dict:
+    """One row of the batch table (BATCH_COLUMNS) from a ScanResult, or an error row. `row` counts from 1; `file`
+    is the file's number in upload order, `place` its slice or frame ("sagittal 45 of 120"); the scan is named by
+    its pixel hash only."""
     out = dict.fromkeys(BATCH_COLUMNS, "")
-    out.update(row=int(row), scan_id=scan, frame="" if frame is None else frame)
+    out.update({"row": int(row), "file": int(row if file is None else file), "slice": place or "", "scan": scan,
+                "picture": picture})
     if result is None:
         out["status"] = f"error: {error or 'failed'}"
         return out
@@ -766,13 +881,13 @@ def batch_row(row: int, result=None, *, error: str | None = None, frame=None, sc
                                        "colour picture, not an MRI slice: no diagnosis" if colour else
                                        "not a brain MRI slice the model knows: no diagnosis")
     ttype = getattr(result, "tumour_type", None)
-    out.update(status=status, answer="" if unknown else pretty(result.final_prediction),
-               p_answer="" if unknown else round(float(max(result.final_probabilities)), 4),
-               tumour_type=pretty(ttype) if ttype and not unknown and is_tumour(result.final_prediction) else "",
-               in_distribution="" if ind is None else bool(ind),
-               flagged=bool(result.flagged), score=round(float(result.score), 6),
-               threshold=round(float(result.threshold), 6), t_star=int(result.t_star),
-               before_defence=pretty(result.prediction))
+    out.update({"status": status, "answer": "" if unknown else pretty(result.final_prediction),
+                "sure": "" if unknown else _pct(max(map(float, result.final_probabilities))),
+                "tumour type": pretty(ttype) if ttype and not unknown and is_tumour(result.final_prediction) else "",
+                "like training scans": _yes(ind), "flagged": _yes(bool(result.flagged)),
+                "score": _fmt(result.score), "threshold": _fmt(result.threshold),
+                "purified (t*)": f"yes ({int(result.t_star)})" if result.purified is not None else "no",
+                "before the defence": pretty(result.prediction)})
     return out
 
 
@@ -780,7 +895,7 @@ def write_batch_csv(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=BATCH_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
@@ -810,19 +925,20 @@ class AnalyzeOutputs(NamedTuple):
     A `gradio_client` caller gets them as a plain tuple: ``AnalyzeOutputs(*client.predict(..., api_name="/analyze"))``
     names them. On the page `compare` is the slider's update instead of the pair itself."""
 
-    verdict: str = ""          # the answer and why (markdown)
-    panels: str = ""           # one HTML block: six pictures, the detector-score plot, the probability bars
+    verdict: str = ""          # the answer in plain words, then the numbers behind it in a details fold (markdown)
+    panels: str = ""           # one HTML block: six pictures and the detector-score plot
     compare: object = None     # (analyzed PNG, purified PNG) file paths, or None when nothing was purified
     timings: str = ""          # one line: the device and each stage's milliseconds
     details: dict | None = None  # every number (`analysis_record`): scan metadata, model, attack, results
     report: list | None = None   # [PNG, PDF, JSON] report files, or None when no report was asked for
+    probabilities: str = ""    # HTML bars: the answer's probabilities (before / after the defence, tumour type)
 
 
 class BatchOutputs(NamedTuple):
     """The outputs of "/analyze_batch" (and of the Batch tab's Analyze all button), in their public order."""
 
-    table: object = None       # a table of BATCH_COLUMNS, one row per file in upload order
-    csv: str | None = None     # the same table as a CSV file
+    table: object = None       # a table of BATCH_COLUMNS, one row per file (per slice of a volume), in upload order
+    csv: str | None = None     # the same table as a CSV file (without the pictures)
     status: str = ""           # one line: counts, settings, device, seconds
 
 
@@ -847,6 +963,7 @@ class AnalysisView:
     model: dict = field(default_factory=dict)
     device: str = ""
     limits: dict = field(default_factory=dict)
+    hospital_name: str = ""    # what the page calls the hospital ("simulated hospital 1", "TCGA site DU")
 
     @property
     def scan_id(self) -> str:
@@ -872,34 +989,76 @@ class AnalysisView:
         return dict(zip(self.class_names, map(float, values)))
 
 
-META_SHOWN = ("format", "mode", "width", "height", "frames", "frame", "modality", "pixel_spacing", "slice_thickness",
-              "bits_stored", "window", "size")
+META_SHOWN = ("format", "mode", "width", "height", "frames", "frame", "plane", "volumes", "modality", "pixel_spacing",
+              "slice_thickness", "bits_stored", "window", "size")
+SIDE_WORDS = {"R": "the subject's right", "L": "the subject's left", "A": "anterior (front)",
+              "P": "posterior (back)", "S": "superior (top of the head)", "I": "inferior (towards the feet)"}
 
 
 def clean_meta(meta: dict) -> dict:
-    """The non-identifying technical metadata (the reader's META_KEYS we show) as JSON-safe values."""
-    return jsonable({k: meta.get(k) for k in META_SHOWN})
+    """The non-identifying technical metadata (the reader's META_KEYS we show) as JSON-safe values; the frame
+    (a volume's slice) counts from 1, as everywhere on the page."""
+    out = {k: meta.get(k) for k in META_SHOWN}
+    if out.get("frame") is not None:
+        out["frame"] = int(out["frame"]) + 1
+    return jsonable(out)
+
+
+def side_labels(meta: dict) -> tuple | None:
+    """(left, right, top, bottom) letters of a volume's slice as shown (radiological convention), else None."""
+    plane = meta.get("plane")
+    if not plane:
+        return None
+    from medfedpure.nifti import SIDE_LABELS
+
+    return SIDE_LABELS.get(plane)
+
+
+def scan_place(meta: dict) -> str:
+    """Where in its file the scan is: "sagittal slice 45 of 120", "frame 3 of 5", or "" for a single picture."""
+    frames, frame = meta.get("frames") or 1, meta.get("frame")
+    if meta.get("plane"):
+        return f"{meta['plane']} slice {int(frame or 0) + 1} of {frames}"
+    if frames > 1:
+        return f"frame {int(frame or 0) + 1} of {frames}"
+    return ""
+
+
+def _spacing(values) -> str:
+    vals = [f"{float(v):.2g}" if float(v) < 1 else f"{float(v):.3g}" for v in values]
+    return (vals[0] if len(set(vals)) == 1 else " x ".join(vals)) + " mm"
 
 
 def meta_markdown(meta: dict, sid: str) -> str:
-    """What the upload preview says about a scan: format, size, frame, modality, window; never a name or tag."""
-    bits = [f"{meta.get('format') or '?'}", f"{meta.get('width')} x {meta.get('height')} px"]
-    if meta.get("frames") and meta["frames"] > 1:
-        bits.append(f"frame {meta.get('frame', 0) + 1} of {meta['frames']}")
+    """What the upload preview says about a scan: format, size, frame or slice, modality, window; never a name or
+    a tag."""
+    volume = bool(meta.get("plane"))
+    bits = [f"{meta.get('format') or '?'}" + (" volume" if volume else ""),
+            f"{meta.get('width')} x {meta.get('height')} px"]
+    place = scan_place(meta)
+    if place:
+        bits.append(place)
     if meta.get("modality"):
         bits.append(f"modality {meta['modality']}")
     if meta.get("bits_stored"):
         bits.append(f"{meta['bits_stored']}-bit")
     if meta.get("pixel_spacing"):
-        bits.append(f"pixel spacing {meta['pixel_spacing']} mm")
+        bits.append(f"pixels {_spacing(meta['pixel_spacing'])}")
     window = meta.get("window")
-    if isinstance(window, dict) and window.get("center") is not None:
+    if volume and isinstance(window, dict):
+        bits.append(f"brightness window from {window.get('source', 'the volume')}")
+    elif isinstance(window, dict) and window.get("center") is not None:
         bits.append(f"window C {window['center']:.4g} / W {window['width']:.4g} ({window.get('source', '?')})")
     elif isinstance(window, dict):
         bits.append(f"window: {window.get('source', 'auto')}")
-    bits.append(f"analyzed at {meta.get('size')} x {meta.get('size')} (aspect kept)")
-    return (f"**Loaded {sid}** (named by a hash of its pixels; the file itself was deleted once read): "
-            + ", ".join(bits))
+    sides = side_labels(meta)
+    if sides:
+        bits.append("shown as radiologists view it (" + ", ".join(f"{k} = {SIDE_WORDS[k]}" for k in sides) + ")")
+    text = (f"**Loaded {sid}** (named by a hash of its pixels; the file itself was deleted once read): "
+            + ", ".join(bits) + ".")
+    if (meta.get("volumes") or 1) > 1:
+        text += (f"  \n**This file holds {meta['volumes']} volumes (4-D); only the first one is used.**")
+    return text
 
 
 def scan_info(scan) -> str:
@@ -908,16 +1067,31 @@ def scan_info(scan) -> str:
 
 
 def batch_loaded(items) -> str:
-    """What the Batch tab says after an upload: items are (row, Loaded or None, error or None)."""
-    good = [(i, scan_id(ld.image)) for i, ld, _ in items if ld is not None]
+    """What the Batch tab says after an upload: items are (file number, Loaded or None, error or None)."""
+    good = [(i, ld) for i, ld, _ in items if ld is not None]
     lines = [f"**{len(items)} file(s) loaded** (read into memory; the files themselves were deleted): "
-             + (", ".join(f"#{i} {sid}" for i, sid in good) or "none readable")]
-    lines += [f"#{i}: cannot be read: {err}" for i, ld, err in items if ld is None]
+             + (", ".join(f"file {i}: {scan_id(ld.image)}" + (f" ({ld.frames} {'slices' if ld.scan.meta.get('plane') else 'frames'})"
+                                                              if ld.frames > 1 else "")
+                          for i, ld in good) or "none readable")]
+    lines += [f"file {i}: cannot be read: {err}" for i, ld, err in items if ld is None]
+    if any(ld.frames > 1 for _, ld in good):
+        lines.append("Volumes and multi-frame files: choose the plane and the slices below (default: the middle "
+                     "one); each slice gets a row.")
     return "  \n".join(lines)
 
 
-def preview_html(image: np.ndarray) -> str:
-    return f"<div class='mfp-preview'><img alt='preview' src='{data_uri(gray_rgb(image))}'></div>"
+def _sides_html(sides) -> str:
+    if not sides:
+        return ""
+    spots = ("mfp-side-l", "mfp-side-r", "mfp-side-t", "mfp-side-b")
+    return "".join(f"<span class='mfp-side {cls}' title='{html.escape(SIDE_WORDS[k])}'>{k}</span>"
+                   for cls, k in zip(spots, sides))
+
+
+def preview_html(image: np.ndarray, sides=None) -> str:
+    """The upload preview; a volume's slice carries its side letters (R/L, A/P, S/I) around it."""
+    return (f"<div class='mfp-preview'><div class='mfp-sides'><img alt='preview of the loaded scan' "
+            f"src='{data_uri(gray_rgb(image))}'>{_sides_html(sides)}</div></div>")
 
 
 def model_record(pipe) -> dict:
@@ -939,14 +1113,22 @@ def analysis_verdict(v: AnalysisView) -> str:
                    target_fpr=v.target_fpr, background_fraction=v.background_fraction, blank=v.blank)
 
 
+def plain_text(markdown: str) -> str:
+    """The verdict's markdown as plain text (the report's JSON and picture)."""
+    text = markdown.replace("**", "").replace("### ", "")
+    return (text.replace("<details><summary>", "").replace("</summary>", ":").replace("</details>", "")
+            .replace("\n\n\n", "\n\n").strip())
+
+
 def _purified_panel(v: AnalysisView) -> Panel:
     res = v.result
     if res.purified is not None:
-        return Panel(f"Purified (t* = {res.t_star})", res.purified,
-                     "flagged, so noised and denoised" if res.flagged else "purified because 'purify always' is on")
+        return Panel(f"Purified (depth t* = {res.t_star})", res.purified,
+                     "flagged, so noised and redrawn" if res.flagged else "purified because 'purify always' is on",
+                     side_labels(v.meta))
     if not v.defence:
         return Panel("Purified", None, "Defence off: nothing is purified.")
-    return Panel("Purified", None, "Not purified: the score is under the threshold. Tick 'Purify always' to purify "
+    return Panel("Purified", None, "Not purified: the scan did not look attacked. Tick 'Purify always' to purify "
                                    "anyway.")
 
 
@@ -955,49 +1137,57 @@ def analysis_panels(v: AnalysisView) -> list[Panel]:
     res, attacked = v.result, v.attack.active
     stats = perturbation_stats(v.image, res.input)
     pert_img, factor = perturbation_image(v.image, res.input, scale=v.attack.eps if attacked else None)
-    psnr = "inf" if not np.isfinite(stats["psnr_db"]) else f"{stats['psnr_db']:.1f} dB"
-    norms = f"L-inf {stats['linf']:.4f} ({stats['linf'] * 255:.1f}/255), L2 {stats['l2']:.3f}, PSNR {psnr}"
-    stat_short = (v.statistic or "error").replace("_", " ")
+    psnr = "" if not np.isfinite(stats["psnr_db"]) else f"; PSNR {stats['psnr_db']:.0f} dB (higher: less visible)"
+    norms = f"largest pixel change {stats['linf'] * 255:.1f}/255 (L-inf){psnr}"
+    sides = side_labels(v.meta)
+    place = scan_place(v.meta)
     return [
-        Panel("Original", v.image),
-        Panel(f"Analyzed scan ({v.attack.name} attack)", res.input, norms) if attacked else
+        Panel("Original" + (f" ({place})" if place else ""), v.image, "", sides),
+        Panel(f"Analyzed scan ({v.attack.title} attack)", res.input, norms, sides) if attacked else
         Panel("Analyzed scan", None, "No attack: the original itself is analyzed."),
-        Panel(f"Perturbation, amplified x{factor:.0f}", pert_img,
-              "red: brighter, blue: darker, white: unchanged (colour scale +-eps)") if attacked else
-        Panel("Perturbation", None, "No attack: nothing changed."),
-        Panel("MAE reconstruction", res.reconstruction),
-        Panel(f"Detector map ({stat_short})", error_overlay(res.input, res.error_map),
-              "bright: what raises the detector score"),
+        Panel(f"What the attack changed, amplified x{factor:.0f}", pert_img,
+              "red: brighter, blue: darker, white: unchanged") if attacked else
+        Panel("What the attack changed", None, "No attack: nothing changed."),
+        Panel("Detector's redrawing (masked autoencoder)", res.reconstruction, "", sides),
+        Panel("Detector map", error_overlay(res.input, res.error_map), "bright: what raises the detector score"),
         _purified_panel(v),
     ]
 
 
-def analysis_html(v: AnalysisView, panels: list[Panel]) -> str:
-    """The page's result block: the panels, the detector-score plot and the probability bars."""
+def analysis_bars(v: AnalysisView) -> str:
+    """The probability bars of the answer column: before the defence, the final answer, the tumour type."""
     res = v.result
     muted_note = ("Not meaningful: the image is blank." if v.blank else
                   "Not meaningful: the scan is unlike every training scan." if v.unknown else "")
     final_label = "Final answer (after the defence)" if v.defence else "Answer (defence off: the classifier's own)"
     same = "Nothing was purified, so it equals the answer before the defence." \
         if v.defence and res.purified is None else ""
-    bars = bars_html("Classifier on the analyzed scan (before the defence)", v.probabilities(False), muted_note,
-                     muted=v.unknown)
-    bars += bars_html(final_label, v.probabilities(True), muted_note or same, muted=v.unknown)
+    bars = bars_html(final_label, v.probabilities(True), muted_note, muted=v.unknown)
     if v.type_probabilities:
         bars += bars_html("Tumour type (the answer is tumour)", v.type_probabilities)
+    if v.defence:
+        bars += bars_html("Classifier on the analyzed scan (before the defence)", v.probabilities(False),
+                          muted_note or same, muted=v.unknown)
+    return f"<div class='mfp-answer-bars'>{bars}</div>"
+
+
+def analysis_html(v: AnalysisView, panels: list[Panel]) -> str:
+    """The page's result block: the panels and the detector-score plot."""
+    res = v.result
     quantiles = list(v.quantiles)
     svg = score_svg(quantiles, res.threshold, res.score, v.clean.score if v.clean is not None else None)
     return (panels_html(panels) + "<div class='mfp-row'><div><div class='mfp-title'>Detector score vs this "
-            f"hospital's clean scans ({percentile_phrase(res.score, quantiles)})</div>{svg}</div>"
-            f"<div>{bars}</div></div>")
+            f"hospital's clean scans ({percentile_phrase(res.score, quantiles)})</div>{svg}</div></div>")
 
 
 def analysis_record(v: AnalysisView, verdict_text: str) -> dict:
-    """Every number of one analysis (the details JSON and the report's JSON); names the scan by its hash only."""
+    """Every number of one analysis (the details JSON and the report's JSON); names the scan by its hash only.
+    Frames and slices count from 1."""
     sid = v.scan_id
     return {
         "disclaimer": DISCLAIMER, "scan": {"id": sid, **clean_meta(v.meta)}, "model": v.model,
-        "hospital": v.hospital, "class_names": list(v.class_names), "device": v.device,
+        "hospital": v.hospital, "hospital_name": v.hospital_name or f"hospital {v.hospital}",
+        "class_names": list(v.class_names), "device": v.device,
         "attack": v.attack.record(), "defence": {"on": v.defence, "purify": v.purify},
         "perturbation": perturbation_stats(v.image, v.result.input),
         "clean": None if v.clean is None else {**v.clean.summary(), "name": sid},
@@ -1005,14 +1195,17 @@ def analysis_record(v: AnalysisView, verdict_text: str) -> dict:
         "clean_percentile": clean_percentile(v.result.score, list(v.quantiles)),
         "detector": {"statistic": v.statistic, "target_fpr": v.target_fpr},
         "diagnosis_shown": not v.unknown, "blank": v.blank,
-        "verdict": verdict_text.replace("**", "").replace("### ", ""), "limits": v.limits,
+        "verdict": plain_text(verdict_text), "limits": v.limits,
     }
 
 
 def report_info(v: AnalysisView, record: dict) -> dict:
     """What `report_image` draws besides the panels (see there), from the view and its record."""
     attack = v.attack
-    header = (f"hospital {v.hospital} | attack: {attack.name}" + (f" eps {attack.eps:.4g}" if attack.active else "")
+    place = scan_place(v.meta)
+    header = (f"{v.hospital_name or f'hospital {v.hospital}'}" + (f" | {place}" if place else "")
+              + f" | attack: {attack.title if attack.active else 'none'}"
+              + (f" ({attack.eps * 255:.1f}/255)" if attack.active else "")
               + f" | defence {'on' if v.defence else 'off'} ({v.purify}) | model: {v.model.get('description')}")
     return {"name": v.scan_id, "verdict": record["verdict"], "probabilities": v.probabilities(False),
             "final_probabilities": v.probabilities(True),
@@ -1022,14 +1215,16 @@ def report_info(v: AnalysisView, record: dict) -> dict:
             "header": header, "timings_ms": record.get("timings_ms"), "device": v.device}
 
 
-def batch_status(rows: list[dict], *, hospital: int, attack: str, defence: bool, purify: str, device: str,
+def batch_status(rows: list[dict], *, hospital: str, attack: str, defence: bool, purify: str, device: str,
                  seconds: float) -> str:
     """The Batch tab's one-line summary of its table."""
     n_err = sum(1 for r in rows if str(r["status"]).startswith("error"))
-    n_flag = sum(1 for r in rows if r["flagged"] is True)
+    n_flag = sum(1 for r in rows if r["flagged"] == "yes")
     n_unknown = sum(1 for r in rows if "no diagnosis" in str(r["status"]))
-    return (f"{len(rows)} file(s): {len(rows) - n_err} analyzed, {n_err} error(s); {n_flag} flagged as suspicious"
+    files = len({r["file"] for r in rows})
+    what = f"{len(rows)} file(s)" if files == len(rows) else f"{len(rows)} slices of {files} file(s)"
+    return (f"{what}: {len(rows) - n_err} analyzed, {n_err} error(s); {n_flag} flagged as suspicious"
             + (f"; {n_unknown} without a diagnosis (not a brain MRI slice the model knows, or blank)"
                if n_unknown else "")
-            + f". Hospital {hospital}, attack {attack}, defence {'on' if defence else 'off'} ({purify}); "
-            f"device {device}; {seconds:.1f} s.")
+            + f". {str(hospital)[:1].upper() + str(hospital)[1:]}, attack: {attack}, defence "
+            f"{'on' if defence else 'off'} ({purify}); device {device}; {seconds:.1f} s.")

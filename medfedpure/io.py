@@ -26,7 +26,8 @@ __all__ = ["ScanReadError", "Scan", "read_scan", "fit_to_square", "to_uint8", "d
 
 # Keys of Scan.meta, always present (None when unknown). Nothing here can identify a patient.
 META_KEYS = ("format", "mode", "width", "height", "frames", "frame", "modality", "pixel_spacing",
-             "slice_thickness", "bits_stored", "window", "size", "colour_fraction", "plane")  # fmt: skip
+             "slice_thickness", "bits_stored", "window", "size", "colour_fraction", "plane",
+             "volumes")  # fmt: skip
 # A pixel is "in colour" when its red, green and blue differ by more than this (of 1.0). MR slices are
 # grayscale; the most colourful training or validation file (a Br35H export with a red caption bar) has 4.7% of
 # its pixels in colour, the colour photograph of reports/ood.md 51%.
@@ -110,6 +111,10 @@ def read_scan(
     colour_fraction (share of pixels in colour; the out-of-distribution check reads it). colour=False skips
     measuring it, and the second small decode a colour JPEG needs for it (colour_fraction None for raster
     files): data sets read for training.
+    NIfTI volumes: plane (axial, coronal, sagittal; default axial) and slice_index (from 0; `frame` when not
+    given; default the middle of the head) choose the slice; meta frames = slices in that plane, frame = the
+    slice, plane, volumes (the file's 4th dimension: only the first volume is read) and window (the volume's
+    own percentiles).
     """
     f, name = _open(source, name)
     try:
@@ -118,7 +123,7 @@ def read_scan(
         if kind == "dicom":
             image, meta = _dicom_image(obj, name, frame, max_pixels)
         elif kind == "nifti":
-            image, meta = _nifti_image(f, name, plane, slice_index)
+            image, meta = _nifti_image(f, name, plane, frame if slice_index is None else slice_index)
         else:
             image, meta, box = _raster_image(obj, name, size, frame, max_pixels, colour)
         if kind == "raster" and meta["colour_fraction"] is None and colour:
@@ -288,7 +293,7 @@ def _volume(data: bytes):
 
 
 def _nifti_image(f, name: str, plane: str | None, index: int | None):
-    from medfedpure.nifti import NiftiError, slice_image
+    from medfedpure.nifti import WINDOW_PERCENTILES, NiftiError, slice_image
 
     plane = plane or "axial"
     try:
@@ -300,8 +305,12 @@ def _nifti_image(f, name: str, plane: str | None, index: int | None):
     except NiftiError as exc:
         raise ScanReadError(f"{name}: {exc}.") from None
     h, w = image.shape
+    lo, hi = volume.window if volume.window is not None else (None, None)
+    window = {"center": None if lo is None else (lo + hi) / 2, "width": None if lo is None else hi - lo,
+              "source": "the volume's {:g}th to {:g}th percentile".format(*WINDOW_PERCENTILES)}
     meta = _meta(format="NIfTI", width=w, height=h, frames=frames, frame=int(index), plane=str(plane).lower(),
-                 pixel_spacing=[round(min(volume.zooms), 4)] * 2, colour_fraction=0.0, modality="MR")
+                 pixel_spacing=[round(min(volume.zooms), 4)] * 2, colour_fraction=0.0, modality="MR",
+                 window=window, volumes=volume.volumes)
     return image, meta
 
 

@@ -39,6 +39,7 @@ class Volume:
     data: np.ndarray  # float32 (X, Y, Z) in RAS, windowed to [0, 1]
     zooms: tuple[float, float, float]  # voxel size in mm along x, y, z
     volumes: int  # 4th dimension of the file (1 for a 3-D volume); only the first is kept
+    window: tuple[float, float] | None = None  # the stored intensities mapped to 0 and 1 (WINDOW_PERCENTILES)
 
     def slices(self, plane: str) -> int:
         return int(self.data.shape[AXIS_OF_PLANE[_plane(plane)]])
@@ -118,7 +119,7 @@ def read_volume(data: bytes, max_voxels: int = 400_000_000) -> Volume:
         raise NiftiError("the NIfTI volume is blank (every voxel has the same value)")
     vol = np.clip((vol - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
     zooms = tuple(z if np.isfinite(z) and z > 0 else 1.0 for z in zooms)
-    return Volume(vol, zooms, volumes)
+    return Volume(vol, zooms, volumes, (lo, hi))
 
 
 def slice_image(volume: Volume, plane: str, index: int) -> np.ndarray:

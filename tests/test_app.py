@@ -32,6 +32,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "assets" / "examples"
 REAL_CHECKPOINT = REPO_ROOT / "pretrained" / "classifier" / "model.safetensors"
+IXI = REPO_ROOT.parent / "shared" / "data" / "ixi_t1_healthy" / "volumes"
+# A real T1 volume (IXI, 2 mm, stored PSR); a volume nibabel writes stands in when the shared data is absent.
+NIFTI = next(iter(sorted(IXI.glob("*.nii.gz"))), None) if IXI.is_dir() else None
 SECRET_NAME = "Doe_Jane_MRN-123456"  # an uploaded file's name: must never come back from the app
 SECRETS = ("Doe_Jane", "Doe^Jane", "MRN-123456", "SECRET-ID", "Doe", "Jane")
 
@@ -93,6 +96,29 @@ def make_dicom(path: Path, frames: int = 3, size: int = 96) -> Path:
     return path
 
 
+def make_nifti(path: Path, volumes: int = 1, secret: bool = True) -> Path:
+    """A head-like ellipsoid (48 x 56 x 40 voxels of 2 x 2 x 2.5 mm, RAS) with a bright blob in its right frontal
+    part, written by nibabel; its header's free-text field carries a patient's name, which must never come out."""
+    import nibabel as nib
+
+    x, y, z = np.mgrid[:48, :56, :40].astype(np.float32)
+    head = ((x - 24) / 20) ** 2 + ((y - 28) / 24) ** 2 + ((z - 20) / 17) ** 2 < 1
+    data = head * 400.0 + (((x - 32) ** 2 + (y - 40) ** 2 + (z - 22) ** 2) < 25) * 600.0
+    if volumes > 1:
+        data = np.stack([data * (k + 1) for k in range(volumes)], axis=-1)
+    img = nib.Nifti1Image(data.astype(np.int16), np.diag([2.0, 2.0, 2.5, 1.0]))
+    if secret:
+        img.header["descrip"] = b"Doe^Jane MRN-123456"
+        img.header["aux_file"] = b"SECRET-ID"
+    nib.save(img, str(path))
+    return path
+
+
+def nifti_file(tmp_path: Path) -> Path:
+    """A real IXI T1 volume when the shared data is there, else one nibabel writes."""
+    return NIFTI if NIFTI is not None else make_nifti(tmp_path / "synthetic.nii.gz")
+
+
 def assert_no_secret(text: str, where: str = "") -> None:
     """No part of the uploaded file's name or its identifying DICOM tags in `text`. Inline pictures (base64) and
     binary files (PNG, PDF: decoded as latin-1) are only searched for the long secrets, which cannot occur there
@@ -144,15 +170,17 @@ def app_log():
 
 
 def details_of(out) -> dict:
-    verdict, panels, compare, timings, details, report = out
-    return details
+    return out[4]
 
 
 def check_analysis(out, pipe, hospital: int = 0) -> dict:
-    verdict, panels, compare, timings, details, report = out
+    verdict, panels, compare, timings, details, report, probabilities = out
     assert panels.count("<figure") == 6 and "data:image/png;base64," in panels
+    assert "Final answer (after the defence)" in probabilities or "Answer (defence off" in probabilities
+    head = verdict.partition("<details>")[0]  # the plain words come first, the numbers in a fold
+    assert head.startswith(("### Answer:", "### No diagnosis")) and "<summary>" in verdict
     assert "<svg" in panels and "detector score" in panels  # the score plot
-    for title in ("Original", "MAE reconstruction", "Detector map", "Purified"):
+    for title in ("Original", "redrawing (masked autoencoder)", "Detector map", "Purified"):
         assert title in panels
     res = details["result"]
     assert res["hospital"] == hospital
@@ -167,7 +195,7 @@ def check_analysis(out, pipe, hospital: int = 0) -> dict:
     assert purified == (res["purified_probabilities"] is not None)
     if purified:
         assert compare is not None and len(compare) == 2 and all(Path(p).is_file() for p in compare)
-        assert "Purified (t* =" in panels
+        assert "Purified (depth t* =" in panels
     else:
         assert compare is None and "Not purified" in panels or "Defence off" in panels
     assert "Device" in timings and details["device"] in timings and "total" in timings
@@ -194,16 +222,24 @@ def test_analyze_example_jpeg_with_pgd(served, tmp_path):
     assert stats["l2"] > 0 and 20 < stats["psnr_db"] < 80
     assert details["attack"]["name"] == "pgd" and details["clean"] is not None
     assert details["scan"]["id"].startswith("scan-") and details["scan"]["width"] == 319
-    assert "Analyzed scan (pgd attack)" in out[1] and "amplified" in out[1]
+    assert "Analyzed scan (PGD attack)" in out[1] and "amplified" in out[1]
+    # after an attack the plain words compare with the clean scan's own answer
+    head = out[0].partition("<details>")[0]
+    clean = details["clean"]["prediction"].replace("_", " ")
+    assert f"from {clean} to" in head or "did not change the classifier's answer" in head
+    assert ("The defence restored the clean scan's answer" in head) or ("The defence failed" in head) or (
+        f"The answer is the clean scan's ({clean})" in head)
+    assert ("The defence failed" in head) == (details["result"]["final_prediction"] != details["clean"]["prediction"])
     # the report names the scan by its hash, never by the uploaded file's name
-    report = {Path(p).suffix: Path(p) for p in out[-1]}
+    report = {Path(p).suffix: Path(p) for p in out[5]}
     assert report[".png"].name == f"medfedpure-{details['scan']['id']}.png"
     assert report[".pdf"].read_bytes()[:5] == b"%PDF-"
     saved = json.loads(report[".json"].read_text())
     assert saved["result"]["score"] == pytest.approx(details["result"]["score"])
     picture = np.asarray(Image.open(report[".png"]).convert("RGB"))
     assert picture.shape[1] == 1100 and picture.std() > 10
-    assert_no_secret(json.dumps(out[4]) + out[0] + out[1] + out[3], "the outputs")
+    assert_no_secret(json.dumps(out[4]) + out[0] + out[1] + out[3] + out[6], "the outputs")
+    assert saved["verdict"].startswith("Answer:") and "<details>" not in saved["verdict"]
     for p in report.values():
         assert_no_secret(p.read_bytes().decode("latin-1"), p.name)
     assert not any(SECRET_NAME in n for n in upload_names(demo)), "the upload outlived its reading"
@@ -216,15 +252,17 @@ def test_analyze_dicom_frame_and_purify_always(served, tmp_path):
     # frames count from 1, as the page does ("frame 3 of 3")
     out = client.predict(handle_file(dcm), h, "none", 0.03, 1, True, True, 7, 3, api_name="/analyze")
     details = check_analysis(out, pipe, hospital=h)
-    assert details["scan"]["format"] == "DICOM" and details["scan"]["frames"] == 3 and details["scan"]["frame"] == 2
+    assert details["scan"]["format"] == "DICOM" and details["scan"]["frames"] == 3 and details["scan"]["frame"] == 3
     assert details["scan"]["modality"] == "MR" and details["scan"]["bits_stored"] == 12
     assert details["perturbation"]["linf"] == 0 and details["perturbation"]["psnr_db"] == "inf"
     assert details["defence"] == {"on": True, "purify": "always"}
     assert details["result"]["t_star"] > 0 and out[2] is not None  # purified even if not flagged
     assert "No attack" in out[1]  # the analyzed-scan panel says why it is empty
     assert_no_secret(json.dumps(details) + out[0] + out[1])
-    for p in out[-1]:
-        assert_no_secret(Path(p).read_bytes().decode("latin-1"), Path(p).name)
+    report = {Path(p).suffix: Path(p) for p in out[5]}
+    for p in report.values():
+        assert_no_secret(p.read_bytes().decode("latin-1"), p.name)
+    assert json.loads(report[".json"].read_text())["scan"]["frame"] == 3  # the report's JSON counts from 1 too
     assert not any(SECRET_NAME in n for n in upload_names(demo))
 
 
@@ -239,9 +277,25 @@ def test_bad_files_and_settings_are_one_line_errors_naming_no_file(served, tmp_p
     assert_no_secret(str(err.value), "the API error")
     with pytest.raises(AppError, match=r"Frame 5 does not exist: the file has only frame 1"):
         client.predict(handle_file(EXAMPLES / "no35.jpg"), 0, "none", 0.03, 1, True, False, 0, 5, api_name="/analyze")
+    # frames count from 1 in every message: a 25-frame file refuses 26 and 99 with its range, and -1
+    dcm = make_dicom(tmp_path / f"{SECRET_NAME}_25.dcm", frames=25, size=32)
+    for frame, message in ((26, r"Frame 26 does not exist: the file has 25 frames \(1 to 25\)"),
+                           (99, r"Frame 99 does not exist: the file has 25 frames \(1 to 25\)"),
+                           (-1, r"frame must be 1 or more")):
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(dcm), 0, "none", 0.03, 1, True, False, 0, frame, make_report=False,
+                           api_name="/analyze")
+    # a broken NIfTI volume: one line, naming no file
+    broken = tmp_path / f"{SECRET_NAME}.nii.gz"
+    broken.write_bytes(nifti_file(tmp_path).read_bytes()[:3000])
+    with pytest.raises(AppError, match=r"^The NIfTI file is truncated or damaged and cannot be read") as err:
+        client.predict(handle_file(broken), 0, api_name="/analyze")
+    assert "\n" not in str(err.value) and SECRET_NAME not in str(err.value)
+    with pytest.raises(AppError, match=r"Unknown plane 'oblique': choose axial, coronal or sagittal"):
+        client.predict(handle_file(nifti_file(tmp_path)), 0, plane="oblique", api_name="/analyze")
     with pytest.raises(AppError, match=r"Unknown hospital 99; this checkpoint has hospitals"):
         client.predict(handle_file(EXAMPLES / "no35.jpg"), 99, api_name="/analyze")
-    with pytest.raises(AppError, match=r"Unknown attack 'cw'"):
+    with pytest.raises(AppError, match=r"Unknown attack 'cw'; choose No attack, FGSM \(one step\)"):
         client.predict(handle_file(EXAMPLES / "no35.jpg"), "0", "cw", api_name="/analyze")
     with pytest.raises(AppError, match=r"Upload a scan"):
         client.predict(None, 0, api_name="/analyze")
@@ -255,9 +309,15 @@ def test_bad_files_and_settings_are_one_line_errors_naming_no_file(served, tmp_p
     out = client.predict(handle_file(EXAMPLES / "no35.jpg"), "0", "FGSM", 0.02, api_name="/analyze")
     details = check_analysis(out, pipe)
     assert details["perturbation"]["linf"] == pytest.approx(0.02, abs=1e-5)
+    # the page's labels are accepted wherever a value is typed: hospital and attack names as the page shows them
+    name = demo.app_state.hospital_names[pipe.hospitals[-1]]
+    out = client.predict(handle_file(EXAMPLES / "no35.jpg"), name.upper(), "FGSM (one step)", 0.02,
+                         make_report=False, api_name="/analyze")
+    assert out[4]["hospital"] == pipe.hospitals[-1] and out[4]["hospital_name"] == name
+    assert out[4]["attack"]["name"] == "fgsm"
     # the log: one line per user error, no traceback (ours or Gradio's), no file name
     errors = [ln for ln in app_log.lines if "user error" in ln]
-    assert len(errors) >= 7 and all("\n" not in ln for ln in errors)
+    assert len(errors) >= 12 and all("\n" not in ln for ln in errors)
     captured = capfd.readouterr()
     log_text = "\n".join(app_log.lines) + captured.err + captured.out
     assert "Traceback" not in log_text
@@ -269,13 +329,13 @@ def test_defence_off_never_purifies(served):
     client, app, pipe, demo = served
     out = client.predict(handle_file(EXAMPLES / "no411.jpg"), 0, "none", 0.03, 1, False, True, make_report=False,
                          api_name="/analyze")
-    assert out[-1] is None  # no report asked for
+    assert out[5] is None  # no report asked for
     details = check_analysis(out, pipe)
     assert details["defence"] == {"on": False, "purify": "never"}
     assert details["result"]["t_star"] == 0 and out[2] is None
     assert details["result"]["final_probabilities"] == details["result"]["probabilities"]
-    assert "Defence is off" in out[0] and "defence off" in out[0]
-    assert "after the defence" not in out[1] and "Answer (defence off" in out[1]
+    assert "The defence is off" in out[0] and "defence off" in out[0]
+    assert "after the defence" not in out[6] and "Answer (defence off" in out[6]
     assert "Defence off: nothing is purified" in out[1]
 
 
@@ -287,7 +347,93 @@ def test_blank_image_gets_no_diagnosis(served, tmp_path):
     verdict, details = out[0], out[4]
     assert "No diagnosis: the image is blank" in verdict and "Answer:" not in verdict
     assert details["diagnosis_shown"] is False and details["blank"] is True
-    assert "Not meaningful" in out[1]
+    assert "Not meaningful" in out[6]
+
+
+def test_nifti_volume_through_the_api(served, tmp_path):
+    """A .nii.gz through "/analyze": the plane and the slice asked for (from 1), an answer, the geometry in the
+    details, nothing of the header's free text or the file's name anywhere."""
+    client, app, pipe, demo = served
+    scan = tmp_path / f"{SECRET_NAME}.nii.gz"
+    scan.write_bytes(nifti_file(tmp_path).read_bytes())
+    from medfedpure.io import read_scan
+
+    frames = read_scan(scan, plane="sagittal").meta["frames"]
+    out = client.predict(handle_file(scan), 0, "none", 0.03, 1, True, False, 0, frames, 1, True, "Sagittal",
+                         api_name="/analyze")
+    details = check_analysis(out, pipe)
+    assert details["scan"]["format"] == "NIfTI" and details["scan"]["plane"] == "sagittal"
+    assert details["scan"]["frames"] == frames and details["scan"]["frame"] == frames  # the last slice, from 1
+    assert f"Original (sagittal slice {frames} of {frames})" in out[1]
+    assert out[1].count("class='mfp-side ") >= 4 and ">S</span>" in out[1] and ">A</span>" in out[1]
+    report = {Path(p).suffix: Path(p) for p in out[5]}
+    assert json.loads(report[".json"].read_text())["scan"]["frame"] == frames
+    assert_no_secret(json.dumps(details) + out[0] + out[1] + out[6], "the outputs")
+    for p in report.values():
+        assert_no_secret(p.read_bytes().decode("latin-1"), p.name)
+    # the default: the axial plane, the middle of the head
+    out = client.predict(handle_file(scan), 0, make_report=False, api_name="/analyze")
+    middle = read_scan(scan).meta["frame"] + 1
+    assert out[4]["scan"]["plane"] == "axial" and out[4]["scan"]["frame"] == middle
+    with pytest.raises(Exception, match=rf"Slice {frames + 1} does not exist in the sagittal plane: the file has "
+                                        rf"{frames} slices \(1 to {frames}\)"):
+        client.predict(handle_file(scan), 0, "none", 0.03, 1, True, False, 0, frames + 1, 1, False, "sagittal",
+                       api_name="/analyze")
+    assert not any(SECRET_NAME in n for n in upload_names(demo))
+
+
+def test_nifti_volume_on_the_page(served, tmp_path):
+    """Upload a volume: the plane selector and the slice slider appear (the slider at the middle of the head),
+    the preview carries its side letters, another plane shows its middle slice, and Analyze reads that slice.
+    A 4-D file says that only its first volume is used."""
+    client, app, pipe, demo = served
+    ui = demo.app_state
+    req = _req("nifti")
+    volume = make_nifti(tmp_path / "four.nii.gz", volumes=3)
+    path = _upload(demo, volume, f"{SECRET_NAME}.nii.gz")
+    preview, info, slider, plane, box, *results = ui.inspect(path, req)
+    assert not Path(path).exists()
+    assert plane["visible"] is True and plane["value"] == "axial"
+    assert slider["visible"] is True and slider["minimum"] == 1 and slider["maximum"] == 40
+    assert slider["value"] in (20, 21) and "Slice (1 to 40; starts at the middle of the head)" == slider["label"]
+    assert "NIfTI volume" in info and "axial slice" in info and "R = the subject's right" in info
+    assert "holds 3 volumes (4-D); only the first one is used" in info
+    assert ">R</span>" in preview and ">L</span>" in preview and ">A</span>" in preview and ">P</span>" in preview
+    assert_no_secret(info + preview)
+    new_preview, new_info, new_slider = ui.preview_plane("coronal", req)
+    assert new_slider["maximum"] == 56 and new_slider["value"] in range(24, 33) and "coronal slice" in new_info
+    assert ">S</span>" in new_preview and ">I</span>" in new_preview
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 10, 1, False, "coronal", None, request=req)
+    assert out[4]["scan"]["plane"] == "coronal" and out[4]["scan"]["frame"] == 10 and out[4]["scan"]["volumes"] == 3
+    assert "coronal slice 10 of 56" in out[1]
+    _, info5 = ui.preview_frame(5, req)
+    assert "coronal slice 5 of 56" in info5
+    ui.sessions.drop("nifti")
+
+
+def test_batch_reads_the_slices_asked_for(served, tmp_path):
+    client, app, pipe, demo = served
+    volume = tmp_path / f"{SECRET_NAME}.nii.gz"
+    volume.write_bytes(nifti_file(tmp_path).read_bytes())
+    files = [handle_file(volume), handle_file(EXAMPLES / "no35.jpg")]
+    table, csv_path, status = client.predict(files, 0, "none", 0.03, 1, True, False, 0, "coronal", "30-40/5",
+                                             api_name="/analyze_batch")
+    rows = [dict(zip(table["headers"], r)) for r in table["data"]]
+    assert [(r["row"], r["file"]) for r in rows] == [(1, 1), (2, 1), (3, 1), (4, 2)]
+    assert [r["slice"].split(" of ")[0] for r in rows[:3]] == ["coronal slice 30", "coronal slice 35",
+                                                                "coronal slice 40"]
+    assert rows[3]["slice"] == "" and all(r["status"] == "ok" for r in rows)
+    assert all(r["picture"].startswith("![scan](data:image/png;base64,") for r in rows)
+    assert "4 slices of 2 file(s): 4 analyzed" in status
+    with open(csv_path, newline="") as handle:
+        saved = list(csv.DictReader(handle))
+    assert "picture" not in saved[0] and [r["slice"] for r in saved] == [r["slice"] for r in rows]
+    assert [r["flagged"] for r in saved] == [r["flagged"] for r in rows]  # the same values in both
+    assert {r["flagged"] for r in saved} <= {"yes", "no"}
+    out = client.predict([handle_file(volume)], 0, "none", 0.03, 1, True, False, 0, "axial", "9999",
+                         api_name="/analyze_batch")
+    assert out[0]["data"][0][out[0]["headers"].index("status")].startswith("error: Slice 9999 does not exist")
+    assert_no_secret(json.dumps(table) + status + Path(csv_path).read_text())
 
 
 def test_batch_with_a_bad_file(served, tmp_path):
@@ -298,17 +444,20 @@ def test_batch_with_a_bad_file(served, tmp_path):
     files = [handle_file(p) for p in (EXAMPLES / "y1349.jpg", bad, dcm)]
     table, csv_path, status = client.predict(files, 0, api_name="/analyze_batch")
     headers, rows = table["headers"], table["data"]
-    assert headers == app.render.BATCH_COLUMNS and "file" not in headers
-    assert headers.index("status") < 4  # readable without scrolling
+    assert headers == app.render.BATCH_COLUMNS
+    assert headers.index("status") < 6  # readable without scrolling (the browser test measures it)
     assert [r[0] for r in rows] == [1, 2, 3]  # upload order kept, numbered from 1
     by_row = {r[0]: dict(zip(headers, r)) for r in rows}
+    assert [by_row[n]["file"] for n in (1, 2, 3)] == [1, 2, 3]  # each row names its file's number
     assert by_row[2]["status"].startswith("error:") and by_row[2]["answer"] == ""
     for n in (1, 3):
         row = by_row[n]
-        assert row["status"] == "ok" and row["scan_id"].startswith("scan-")
+        assert row["status"] == "ok" and row["scan"].startswith("scan-")
         assert row["answer"] in {c.replace("_", " ") for c in pipe.class_names}
-        assert row["flagged"] == (row["score"] > row["threshold"])
-        assert 0.5 <= row["p_answer"] <= 1.0
+        assert row["flagged"] in ("yes", "no") and row["like training scans"] in ("yes", "no", "")
+        assert (row["flagged"] == "yes") == (float(row["score"]) > float(row["threshold"]))
+        assert row["sure"].endswith("%") and 50 <= float(row["sure"].strip("<>%")) <= 100
+        assert row["picture"].startswith("![scan](data:image/png;base64,")
     assert "2 analyzed, 1 error" in status
     text = Path(csv_path).read_text()
     assert_no_secret(json.dumps(table) + status + text, "the batch table or CSV")
@@ -316,7 +465,8 @@ def test_batch_with_a_bad_file(served, tmp_path):
         saved = list(csv.DictReader(handle))
     assert [r["row"] for r in saved] == ["1", "2", "3"]
     assert saved[1]["status"].startswith("error") and saved[0]["status"] == "ok"
-    assert float(saved[0]["score"]) == pytest.approx(by_row[1]["score"], rel=1e-5)
+    assert saved[0]["score"] == by_row[1]["score"] and saved[0]["flagged"] == by_row[1]["flagged"]
+    assert set(saved[0]) == set(app.render.CSV_COLUMNS)
     assert not any(SECRET_NAME in n for n in upload_names(demo))
 
 
@@ -326,7 +476,8 @@ def test_batch_with_attack_and_no_files(served):
     client, app, pipe, demo = served
     files = [handle_file(EXAMPLES / "no427.jpg"), handle_file(EXAMPLES / "y1493.jpg")]
     table, _, status = client.predict(files, 0, "fgsm", 0.03, api_name="/analyze_batch")
-    assert len(table["data"]) == 2 and "2 analyzed, 0 error" in status and "attack fgsm" in status
+    assert len(table["data"]) == 2 and "2 analyzed, 0 error" in status and "attack: FGSM" in status
+    assert "Simulated hospital 1" in status or "Hospital 0" in status
     with pytest.raises(AppError, match="Upload one or more scans"):
         client.predict([], 0, api_name="/analyze_batch")
 
@@ -338,16 +489,21 @@ def test_page_and_api_info(served):
     assert set(endpoints) == {"/analyze", "/analyze_batch"}  # the page's own events are private
     names = [p["parameter_name"] for p in endpoints["/analyze"]["parameters"]]
     assert names == ["scan", "hospital", "attack", "eps", "steps", "defence", "purify_always", "seed", "frame", "eot",
-                     "make_report"]
-    assert len(endpoints["/analyze"]["returns"]) == 6
+                     "make_report", "plane"]
+    assert len(endpoints["/analyze"]["returns"]) == len(app.AnalyzeOutputs._fields) == 7
+    names = [p["parameter_name"] for p in endpoints["/analyze_batch"]["parameters"]]
+    assert names[-2:] == ["plane", "slices"]
     import urllib.request
 
     html = urllib.request.urlopen(client.src, timeout=30).read().decode()
     assert "MedFedPure" in html
-    config = json.dumps(demo.get_config_file())
+    config = json.dumps(demo.get_config_file(), default=str)  # gr.State holds a callback
     lim = demo.app_state.limits
     assert f"each analysis stops after {demo.app_state.time_budget_s:.0f} s" in config  # the budget is stated
     assert f"at most {lim.steps_max} attack steps" in config
+    assert f"adaptive attack at most {lim.adaptive_steps_max} steps" in config  # its limits, stated
+    for name in demo.app_state.hospital_names.values():  # hospitals named for what they are
+        assert name in config
 
 
 # ------------------------------------------------------------------------------------------------ callbacks
@@ -370,10 +526,11 @@ def test_upload_preview_frame_picker_and_deletion(served, tmp_path):
     req = _req("frames")
     dcm = make_dicom(tmp_path / "multi.dcm", frames=5)
     path = _upload(demo, dcm, f"{SECRET_NAME}.dcm")
-    preview, info, slider, box, *results = ui.inspect(path, req)
+    preview, info, slider, plane, box, *results = ui.inspect(path, req)
     assert not Path(path).exists() and not Path(path).parent.exists(), "the upload was not deleted once read"
     assert box["value"] is None  # the upload box is emptied: its file name leaves the page
-    assert results[0] == "" and results[1] == "" and results[4] is None  # every old result cleared
+    assert results[0].startswith("### Scan loaded") and results[1] == "" and results[4] is None  # results cleared
+    assert results[6] == "" and plane["visible"] is False
     assert "data:image/png;base64," in preview
     assert slider["visible"] is True and slider["minimum"] == 1 and slider["maximum"] == 5
     assert slider["value"] == 3  # the reader's default, the middle frame, counted from 1
@@ -381,9 +538,11 @@ def test_upload_preview_frame_picker_and_deletion(served, tmp_path):
     assert_no_secret(info + preview)
     preview5, info5 = ui.preview_frame(5, req)  # from memory: the file is gone
     assert "frame 5 of 5" in info5 and preview5 != preview
-    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 5, 1, False, req)
-    assert out[4]["scan"]["frame"] == 4
-    _, info1, slider1, *_ = ui.inspect(str(EXAMPLES / "no35.jpg"), req)
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 5, 1, False, request=req)
+    assert out[4]["scan"]["frame"] == 5
+    assert ui.preview_frame(7, req)[1].startswith("**Cannot show this frame:** Frame 7 does not exist: the file has "
+                                                  "5 frames (1 to 5)")
+    _, info1, slider1, _, *_ = ui.inspect(str(EXAMPLES / "no35.jpg"), req)
     assert slider1["visible"] is False and "JPEG" in info1
     assert (EXAMPLES / "no35.jpg").is_file()  # a file outside Gradio's temp folder is never deleted
     bad = _upload(demo, tmp_path / "multi.dcm", f"{SECRET_NAME}_bad.dcm")
@@ -394,9 +553,9 @@ def test_upload_preview_frame_picker_and_deletion(served, tmp_path):
     assert_no_secret(message)
     assert not Path(bad).exists()
     # the failed upload replaced the last scan: Analyze says so instead of showing the old scan's answer
-    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, req)
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, request=req)
     assert out[0].startswith("### Cannot analyze") and "No scan is loaded" in out[0]
-    assert out[1:] == ("", out[2], "", None, None) and out[2]["visible"] is False
+    assert out[1:] == ("", out[2], "", None, None, "") and out[2]["visible"] is False
 
 
 def test_report_folders_deleted_at_session_end_and_after_the_keep_time(served):
@@ -404,7 +563,7 @@ def test_report_folders_deleted_at_session_end_and_after_the_keep_time(served):
     ui = demo.app_state
     req = _req("reports")
     ui.inspect(str(EXAMPLES / "y1349.jpg"), req)
-    out = ui.analyze_ui(0, "none", 0.03, 1, True, True, 0, 0, 1, True, req)
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, True, 0, 0, 1, True, request=req)
     files = [Path(p) for p in out[5]] + [Path(p) for p in out[2]["value"]]
     assert all(p.is_file() for p in files)
     folder = files[0].parent.parent
@@ -413,7 +572,7 @@ def test_report_folders_deleted_at_session_end_and_after_the_keep_time(served):
     assert not folder.exists() and ui.sessions.peek("reports") is None
     # bounded time: the sweeper removes folders and idle sessions older than keep_s
     ui.inspect(str(EXAMPLES / "y1349.jpg"), req)
-    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, True, req)
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, True, request=req)
     report = Path(out[5][0])
     assert ui.sessions.sweep() == 0 and report.is_file()  # young: kept
     assert ui.sessions.sweep(now=time.time() + ui.sessions.keep_s + 5) >= 1  # old: the session and its folders
@@ -435,7 +594,7 @@ def test_per_step_progress_for_attack_and_purification(served):
     req = _req("progress")
     ui.inspect(str(EXAMPLES / "y1493.jpg"), req)
     progress = _Progress()
-    out = ui.analyze_ui(0, "pgd", 0.03, 5, True, True, 0, 0, 1, False, req, progress)
+    out = ui.analyze_ui(0, "pgd", 0.03, 5, True, True, 0, 0, 1, False, request=req, progress=progress)
     assert out[0].startswith("### Answer") or out[0].startswith("### No diagnosis")
     steps = [v for v, d in progress.calls if d and d.startswith("PGD attack") and v is not None]
     assert steps == [(k, 5) for k in range(6)]  # stage start, then each of the 5 steps
@@ -450,14 +609,14 @@ def test_time_budget_stops_a_long_attack(served):
     req = _req("budget")
     ui.inspect(str(EXAMPLES / "y1493.jpg"), req)
     t = time.perf_counter()
-    out = ui.analyze_ui(0, "adaptive", 0.03, 10, True, False, 0, 0, 1, True, req)
+    out = ui.analyze_ui(0, "adaptive", 0.03, 8, True, False, 0, 0, 1, True, request=req)
     assert time.perf_counter() - t < 30
     assert out[0].startswith("### Stopped") and "time budget of 2 s per analysis ran out during" in out[0]
-    assert out[1:] == ("", out[2], "", None, None)  # nothing of the unfinished analysis is shown
+    assert out[1:] == ("", out[2], "", None, None, "")  # nothing of the unfinished analysis is shown
     import gradio as gr
 
     with pytest.raises(gr.Error, match="time budget"):
-        ui.analyze(str(EXAMPLES / "y1493.jpg"), 0, "adaptive", 0.03, 10, True, False, 0, 0, 1, False, req)
+        ui.analyze(str(EXAMPLES / "y1493.jpg"), 0, "adaptive", 0.03, 8, True, False, 0, 0, 1, False, request=req)
     ui.sessions.close()
 
 
@@ -476,15 +635,24 @@ def test_stop_ends_a_running_request(served):
 
     result = {}
     worker = threading.Thread(target=lambda: result.update(
-        out=ui.analyze_ui(0, "adaptive", 0.03, 10, True, False, 0, 0, 1, True, req, Progress())))
+        out=ui.analyze_ui(0, "adaptive", 0.03, 8, True, False, 0, 0, 1, True, request=req, progress=Progress())))
     worker.start()
     assert started.wait(120), "the attack never reported a step"
     t = time.perf_counter()
-    assert ui.stop(req).startswith("### Stopped")
+    assert ui.stop(req).startswith("### Stopping")
     worker.join(60)
     assert not worker.is_alive() and time.perf_counter() - t < 20
     assert result["out"][0].startswith("### Stopped") and "your request" in result["out"][0]
-    assert ui.stop(req) is not None and not ui.sessions.get("stop").cancels  # nothing left running
+    assert ui.stop(req).startswith("### Stopped") and not ui.sessions.get("stop").cancels  # nothing left running
+    # a request made before the last Stop (still queued when it was pressed) ends at once when its turn comes
+    ticket = ui.begin(req)[-1]
+    ui.stop(req)
+    t = time.perf_counter()
+    out = ui.analyze_ui(0, "pgd", 0.03, 5, True, False, 0, 0, 1, False, None, ticket, request=req)
+    assert out[0].startswith("### Stopped") and time.perf_counter() - t < 5
+    # one made after it runs normally
+    out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, None, ui.begin(req)[-1], request=req)
+    assert out[0].startswith(("### Answer", "### No diagnosis"))
 
 
 class _FakeModel:
@@ -511,15 +679,16 @@ def test_out_of_distribution_scan_gets_no_diagnosis(served):
     ui = app.DemoApp(_FakeModel(pipe, in_distribution=False))
     req = _req("ood")
     ui.inspect(str(EXAMPLES / "y1431.jpg"), req)
-    verdict, panels, _, _, details, _ = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, req)
+    verdict, panels, _, _, details, _, bars = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False,
+                                                            request=req)
     assert verdict.startswith("### No diagnosis: this does not look like a brain MRI slice the model knows")
     assert "score 2.5 > threshold 1" in verdict and "Answer:" not in verdict and "Tumour type" not in verdict
-    assert "Not meaningful" in panels and "mfp-muted" in panels and "Tumour type" not in panels
+    assert "Not meaningful" in bars and "mfp-muted" in bars and "Tumour type" not in bars
     assert details["diagnosis_shown"] is False and details["result"]["in_distribution"] is False
     ui.sessions.get("ood").batch = [(1, ui.sessions.get("ood").scan, None)]
-    rows = ui.analyze_batch_ui(0, "none", 0.0, 1, True, False, 0, req).table
+    rows = ui.analyze_batch_ui(0, "none", 0.0, 1, True, False, 0, request=req).table
     row = rows.iloc[0].to_dict()
-    assert "no diagnosis" in row["status"] and row["answer"] == "" and row["in_distribution"] is False
+    assert "no diagnosis" in row["status"] and row["answer"] == "" and row["like training scans"] == "no"
     ui.sessions.close()
 
 
@@ -528,14 +697,15 @@ def test_tumour_type_is_shown_beside_a_tumour_decision(served):
     ui = app.DemoApp(_FakeModel(pipe, in_distribution=True))
     req = _req("type")
     ui.inspect(str(EXAMPLES / "y1431.jpg"), req)
-    verdict, panels, _, _, details, _ = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, req)
+    verdict, panels, _, _, details, _, bars = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False,
+                                                            request=req)
     final = details["result"]["final_prediction"]
     assert "looks like the brain MRI slices the model was trained on" in verdict
     if app.render.is_tumour(final):
         assert "Tumour type: most like **meningioma** (70%; glioma 20%, pituitary 10%)" in verdict
-        assert "Tumour type (the answer is tumour)" in panels
-    else:
-        assert "Tumour type: not applicable, the answer is no tumour" in verdict
+        assert "Tumour type (the answer is tumour)" in bars
+    else:  # the type is not mentioned beside a no-tumour answer
+        assert "Tumour type" not in verdict and "Tumour type" not in bars
     ui.sessions.close()
 
 
@@ -578,6 +748,13 @@ def test_colour_maps_match_matplotlib():
         assert np.array_equal(r.lut(name), ref)
 
 
+def _fold(text: str) -> tuple[str, str]:
+    """A verdict -> (the plain words before the details fold, the fold)."""
+    head, _, fold = text.partition("<details>")
+    assert fold.startswith("<summary>") and fold.rstrip().endswith("</details>"), text
+    return head, fold
+
+
 def test_verdict_wording_for_the_new_fields():
     from medfedpure import app_render as r
 
@@ -587,12 +764,18 @@ def test_verdict_wording_for_the_new_fields():
                 in_distribution=True, ood_score=0.1, ood_threshold=0.5)
     text = r.verdict(SimpleNamespace(**base), quantiles=list(np.linspace(0, 0.15, 21)),
                      statistic="background_highpass", target_fpr=0.05)
-    assert text.startswith("### Answer: no tumour") and "not applicable, the answer is no tumour" in text
-    assert "Flagged as suspicious" in text and "background highpass" in text and "about 5% of clean" in text
-    assert "changed from **tumour** to **no tumour**" in text
+    head, fold = _fold(text)
+    assert head.startswith("### Answer: no tumour (80%, fairly sure)")
+    assert "Tumour type" not in head  # only beside a tumour answer
+    assert "looked attacked" in head and "changed the answer from tumour to no tumour" in head
+    assert "No attack was run, so the flag is a false alarm" in head
+    # the statistics sit in the fold, in words, numbers rounded; no internal names
+    assert "Flagged as suspicious" in fold and "about 5% of clean" in fold and "t* = 30" in fold
+    assert "background" in fold and "background_highpass" not in text and "background highpass" not in text
+    assert "score 0.2 > threshold 0.1" in fold
     tumour = SimpleNamespace(**{**base, "final_prediction": "tumour", "purified_prediction": "tumour"})
     assert "most like **glioma** (60%; meningioma 30%, pituitary 10%)" in r.verdict(tumour)
-    unknown = SimpleNamespace(**{**base, "tumour_type": None, "in_distribution": None})
+    unknown = SimpleNamespace(**{**base, "tumour_type": None, "in_distribution": None, "final_prediction": "tumour"})
     text = r.verdict(unknown, background_fraction=0.0, statistic="background_highpass")
     assert "not estimated by this model" in text and "not available in this model" in text
     assert "cannot judge it" in text
@@ -605,11 +788,76 @@ def test_verdict_wording_for_the_new_fields():
     assert "more than 20% of this file's pixels are in colour" in text
     assert r.batch_row(1, colour)["status"].startswith("colour picture") and r.batch_row(1, colour)["answer"] == ""
     off = r.verdict(SimpleNamespace(**{**base, "purified": None, "t_star": 0}), defence=False)
-    assert "defence off" in off and "Defence is off" in off
+    assert "defence off" in off and "The defence is off" in off
     row = r.batch_row(4, ood, scan="scan-1")
     assert row["status"].startswith("not a brain MRI") and row["answer"] == "" and row["row"] == 4
-    assert r.batch_row(2, tumour)["tumour_type"] == "glioma" and r.batch_row(2, SimpleNamespace(**base))[
-        "tumour_type"] == ""
+    assert r.batch_row(2, tumour)["tumour type"] == "glioma" and r.batch_row(2, SimpleNamespace(**base))[
+        "tumour type"] == ""
+    assert r.batch_row(2, tumour)["flagged"] == "yes" and r.batch_row(2, tumour)["sure"] == "80%"
+
+
+def test_no_diagnosis_verdict_gives_no_answer_at_all():
+    """'No diagnosis' ends without the classifier's answer, in bold or otherwise, with or without the defence."""
+    from medfedpure import app_render as r
+
+    for ind, blank in ((False, False), (True, True), (False, True)):
+        for defence, purified in ((True, np.zeros((2, 2))), (False, None)):
+            res = SimpleNamespace(score=0.5, threshold=0.1, flagged=True, t_star=30 if purified is not None else 0,
+                                  purified=purified, prediction="tumour", purified_prediction="tumour",
+                                  final_prediction="tumour", final_probabilities=[0.1, 0.9], tumour_type=None,
+                                  in_distribution=ind, ood_score=2.0, ood_threshold=1.0)
+            text = r.verdict(res, defence=defence, attack="pgd", eps=8 / 255, clean_prediction="no_tumour",
+                             blank=blank)
+            head, fold = _fold(text)
+            assert head.startswith("### No diagnosis"), head
+            assert "tumour" not in head.replace("brain MRI", "") and "**" not in head, head
+            assert "Answer" not in text and "answer is" not in text and "**tumour**" not in text
+
+
+def test_attacked_verdict_compares_with_the_clean_answer():
+    """After an attack the plain words say whether the answer is still the clean scan's: restored, failed, or
+    never changed; numbers are rounded."""
+    from medfedpure import app_render as r
+
+    def res(before, final, flagged=True, purified=True):
+        return SimpleNamespace(score=9.8765, threshold=3.7612, flagged=flagged, t_star=160 if purified else 0,
+                               purified=np.zeros((2, 2)) if purified else None, prediction=before,
+                               purified_prediction=final if purified else None, final_prediction=final,
+                               final_probabilities=[0.9364, 0.0636], tumour_type=None, in_distribution=True,
+                               ood_score=0.5, ood_threshold=1.0)
+
+    failed = r.verdict(res("no_tumour", "no_tumour"), attack="pgd", eps=8 / 255, clean_prediction="tumour")
+    head, fold = _fold(failed)
+    assert head.startswith("### Answer: no tumour (94%, fairly sure) \u00b7 the defence failed"), head
+    assert "The PGD attack (strength 8/255) changed the classifier's answer from tumour to no tumour" in head
+    assert "**The defence failed: the clean scan's answer was tumour, the answer shown is no tumour.**" in head
+    assert "9.88 > threshold 3.76" in fold and "9.8765" not in failed
+    restored = r.verdict(res("no_tumour", "tumour"), attack="fgsm", eps=0.02, clean_prediction="tumour")
+    assert "the defence restored it" in restored.splitlines()[0]
+    assert "**The defence restored the clean scan's answer (tumour).**" in restored
+    missed = r.verdict(res("no_tumour", "no_tumour", flagged=False, purified=False), attack="adaptive",
+                       eps=8 / 255, clean_prediction="tumour")
+    assert "did not look attacked" in missed and "The defence failed" in missed
+    same = r.verdict(res("tumour", "tumour", flagged=False, purified=False), attack="pgd", eps=8 / 255,
+                     clean_prediction="tumour")
+    assert "did not change the classifier's answer" in same and "The answer is the clean scan's (tumour)" in same
+    off = r.verdict(res("no_tumour", "no_tumour", purified=False), defence=False, attack="pgd", eps=8 / 255,
+                    clean_prediction="tumour")
+    assert "the attack won" in off.splitlines()[0] and "not the clean scan's answer (tumour)" in off
+
+
+def test_page_words_are_plain_and_rounded():
+    from medfedpure import app_render as r
+
+    meta = {"format": "DICOM", "width": 256, "height": 256, "frames": 25, "frame": 24, "modality": "MR",
+            "pixel_spacing": [0.666666686534882, 0.699987828731537], "bits_stored": 12,
+            "window": {"center": 1600.0, "width": 3200.0, "source": "DICOM"}, "size": 128}
+    text = r.meta_markdown(meta, "scan-1")
+    assert "frame 25 of 25" in text and "0.67 x 0.7 mm" in text and "0.6666" not in text
+    assert r.clean_meta(meta)["frame"] == 25 and r.clean_meta(meta)["frames"] == 25  # from 1, as on the page
+    assert r._pct(0.9364) == "94%" and r._pct(0.9999) == ">99%" and r._pct(0.0001) == "<1%" and r._pct(1.0) == "100%"
+    assert "simulated" in r.model_header("x", "cpu", {0: "simulated hospital 1", 8: "TCGA site DU"})
+    assert "background_highpass" not in r.statistic_phrase("background_highpass")
 
 
 def test_user_message_names_no_file_and_gives_no_install_advice():
@@ -703,7 +951,7 @@ def test_page_is_served_before_the_models_load(served):
     progress = _Progress()
     result = {}
     worker = threading.Thread(target=lambda: result.update(
-        out=ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, req, progress)))
+        out=ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, request=req, progress=progress)))
     worker.start()
     time.sleep(0.5)
     assert worker.is_alive()  # waiting for the models

@@ -19,7 +19,7 @@ def _number(text: str) -> float:
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
     p = subparsers.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, BMP, TIFF, WebP or DICOM scans")
+    p.add_argument("files", nargs="+", metavar="FILE", help="PNG, JPEG, BMP, TIFF, WebP, DICOM or NIfTI scans")
     p.add_argument("--model", help="checkpoint folder or Hugging Face repo id (default: bundled pretrained/)")
     p.add_argument("--revision", help="Hub revision (pin a commit hash)")
     p.add_argument("--hospital", type=int, default=0, help="whose personalised model and threshold (default 0)")
@@ -31,7 +31,11 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--purify", choices=["flagged", "always", "never"], default="flagged")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    p.add_argument("--frame", type=int, help="frame of a multi-frame DICOM (default: middle)")
+    p.add_argument("--frame", type=int, help="frame of a multi-frame DICOM, from 0 (default: middle); --slice "
+                   "counts from 1")
+    from medfedpure.commands.scan import add_volume_options
+
+    add_volume_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line (default: readable lines)")
     p.set_defaults(run=run)
 
@@ -40,6 +44,7 @@ def run(args) -> int:
     import torch
 
     from medfedpure.attack_workflow import AttackSpec, analyze_attacked
+    from medfedpure.commands.scan import index_of, place
     from medfedpure.io import ScanReadError, read_scan
     from medfedpure.ood import OOD_WORDS
     from medfedpure.pipeline import MedFedPure
@@ -59,7 +64,7 @@ def run(args) -> int:
     for path in args.files:
         row = {"file": path, "ok": False, "error": None}
         try:
-            scan = read_scan(path, frame=args.frame)
+            scan = read_scan(path, frame=index_of(args), plane=args.plane)
             run = analyze_attacked(pipe, torch.from_numpy(scan.image)[None, None], args.hospital, spec,
                                    purify=args.purify, seed=args.seed, colours=[scan.meta.get("colour_fraction")])
             res = run.result[0]
@@ -73,7 +78,10 @@ def run(args) -> int:
                        ood_threshold=res.ood_threshold, ood_reason=res.ood_reason,
                        latency_ms=res.timings_ms["total"], timings_ms=res.timings_ms, hospital=args.hospital,
                        attack=spec.name, clean_prediction=run.clean[0].prediction if run.clean is not None else None,
-                       device=str(pipe.device))
+                       device=str(pipe.device), format=scan.meta["format"], plane=scan.meta.get("plane"),
+                       slice=(scan.meta["frame"] + 1) if scan.meta.get("frame") is not None else None,
+                       slices=scan.meta.get("frames"), volumes=scan.meta.get("volumes"))
+            where = place(scan.meta)
         except ScanReadError as exc:
             row["error"] = str(exc)
         except Exception as exc:  # keep going with the other files
@@ -87,7 +95,8 @@ def run(args) -> int:
             kind = f" (looks like {row['tumour_type']}, if a tumour)" if row["tumour_type"] else ""
             ood = (f"  NOT LIKE ANY TRAINING SCAN ({OOD_WORDS.get(row['ood_reason'], 'unlike them')}): do not read "
                    "a diagnosis from it;") if row["in_distribution"] is False else ""
-            print(f"{path}: {row['final_prediction']}{kind}  [{ood}{flag}; before: {row['prediction']}; "
+            at = f" ({where})" if where else ""
+            print(f"{path}{at}: {row['final_prediction']}{kind}  [{ood}{flag}; before: {row['prediction']}; "
                   f"{row['latency_ms']:.0f} ms]", flush=True)
         else:
             print(f"{path}: ERROR {row['error']}", file=sys.stderr, flush=True)

@@ -1,4 +1,8 @@
-"""`python -m medfedpure scan FILE...`: read scans exactly as the app and training do; report or save them."""
+"""`python -m medfedpure scan FILE...`: read scans exactly as the app and training do; report or save them.
+
+A NIfTI volume (`.nii`, `.nii.gz`) is read as one slice: `--plane` (axial, coronal, sagittal) and `--slice N`
+(from 1; default the middle of the head), shown the right way up (radiological convention; the line names the
+sides). `--slice` also picks the frame of a multi-frame file, from 1; the older `--frame` counts from 0."""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     from medfedpure.config import IMAGE_SIZE
 
     parser = subparsers.add_parser(name, help=help_text, description=(
-        "Read each scan (PNG, JPEG, BMP, TIFF, WebP or DICOM; the format is taken from the content, not the "
-        "name) with the same reader and preprocessing as the app and training, and report its metadata. "
+        "Read each scan (PNG, JPEG, BMP, TIFF, WebP, DICOM or NIfTI; the format is taken from the content, not "
+        "the name) with the same reader and preprocessing as the app and training, and report its metadata. "
         "A folder stands for the files directly inside it. Exit status 0 when every file was read, 2 when "
         "any could not be (the others are still processed)."))
     parser.add_argument("files", nargs="+", metavar="FILE", help="scan files or folders")
@@ -29,9 +33,59 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                              "0 keeps the native size)")
     parser.add_argument("--frame", type=int, default=None, metavar="K",
                         help="frame of a multi-frame file, from 0 (default: middle DICOM frame, first "
-                             "TIFF/GIF frame)")
+                             "TIFF/GIF frame); --slice counts from 1")
+    add_volume_options(parser)
     parser.set_defaults(run=run)
     return parser
+
+
+def _from_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"counts from 1, got {value}")
+    return value
+
+
+def _plane(text: str) -> str:
+    value = str(text).strip().lower()
+    if value not in ("axial", "coronal", "sagittal"):
+        raise argparse.ArgumentTypeError(f"choose axial, coronal or sagittal, not {text!r}")
+    return value
+
+
+def add_volume_options(parser: argparse.ArgumentParser) -> None:
+    """--plane and --slice, shared by `scan` and `analyze`."""
+    parser.add_argument("--plane", type=_plane, default=None, metavar="PLANE",
+                        help="plane of a NIfTI volume: axial (default), coronal or sagittal")
+    parser.add_argument("--slice", type=_from_one, default=None, metavar="N", dest="slice_number",
+                        help="slice of a NIfTI volume in that plane, from 1 (default: the middle of the head); "
+                             "for a multi-frame file, its frame from 1")
+
+
+def index_of(args) -> int | None:
+    """The reader's frame or slice index (from 0) asked for on the command line, or None for its default."""
+    if getattr(args, "slice_number", None) is not None:
+        return args.slice_number - 1
+    return getattr(args, "frame", None)
+
+
+def place(meta: dict) -> str:
+    """"sagittal slice 45 of 90 (A left, P right, S top, I bottom; 4-D: first of 3 volumes)" or "frame 2 of 5"."""
+    frames, frame = meta.get("frames") or 1, meta.get("frame") or 0
+    if meta.get("plane"):
+        from medfedpure.nifti import SIDE_LABELS
+
+        sides = SIDE_LABELS.get(meta["plane"])
+        text = f"{meta['plane']} slice {frame + 1} of {frames}"
+        if sides:
+            text += f" ({sides[0]} left, {sides[1]} right, {sides[2]} top, {sides[3]} bottom"
+            text += f"; 4-D: only the first of {meta['volumes']} volumes is used)" if (meta.get("volumes") or 1) > 1 \
+                else ")"
+        return text
+    return f"frame {frame + 1} of {frames}" if frames > 1 else ""
 
 
 def expand(paths: list[str]) -> list[Path]:
@@ -57,16 +111,18 @@ def _png_path(save_dir: Path, stem: str, taken: set[Path]) -> Path:
 
 
 def _line(name: str, meta: dict, saved: Path | None) -> str:
-    parts = [f"{name}: ok", f"{meta['format']} {meta['mode']}", f"{meta['width']}x{meta['height']}"]
-    if meta["frames"] and meta["frames"] > 1:
-        parts.append(f"frame {meta['frame']} of {meta['frames']}")
+    parts = [f"{name}: ok", f"{meta['format']}" + (f" {meta['mode']}" if meta["mode"] else ""),
+             f"{meta['width']}x{meta['height']}"]
+    where = place(meta)
+    if where:
+        parts.append(where)
     if meta["modality"]:
         parts.append(f"modality {meta['modality']}")
     if meta["pixel_spacing"]:
-        parts.append("spacing {:g} x {:g} mm".format(*meta["pixel_spacing"]))
+        parts.append("spacing {:.3g} x {:.3g} mm".format(*meta["pixel_spacing"]))
     if meta["window"]:
         w = meta["window"]
-        values = f" (C {w['center']:g}, W {w['width']:g})" if w["center"] is not None else ""
+        values = f" (C {w['center']:.4g}, W {w['width']:.4g})" if w["center"] is not None else ""
         parts.append(f"window {w['source']}{values}")
     if meta["size"]:
         parts.append(f"-> {meta['size']}x{meta['size']}")
@@ -98,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         record = {"file": str(path), "name": path.name, "ok": True, "error": None}
         saved = None
         try:
-            scan = read_scan(path, size=size, frame=args.frame)
+            scan = read_scan(path, size=size, frame=index_of(args), plane=args.plane)
             meta = scan.meta
             if args.save_dir is not None:
                 saved = _png_path(args.save_dir, path.stem, taken)
@@ -112,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             meta, saved = scan.meta, None
             record.update(ok=False, error=f"{path.name}: could not save the preview ({exc.strerror or exc}).")
         record.update(meta)
+        record["slice"] = meta["frame"] + 1 if record["ok"] and meta.get("frame") is not None else None  # from 1
         record["saved"] = str(saved) if saved is not None else None
         if args.json:
             print(json.dumps(record), flush=True)
