@@ -47,6 +47,9 @@ def _prepare(msg: Message, context: Context):
     cfg = _settings(msg)
     torch.set_num_threads(int(cfg["client-threads"]))
     hospital = _hospital(context)
+    # Seeded: the layers the server does not send (a fresh gate) start the same in every run, whatever the
+    # worker process ran before, so a run (and a resumed one) is reproducible.
+    torch.manual_seed(int(cfg["seed"]) * 1000 + hospital)
     model = build_model(cfg["model"], cfg["model-config"])
     incoming = msg.content.array_records["arrays"].to_torch_state_dict()
     personal = context.state.array_records.get(PERSONAL)
