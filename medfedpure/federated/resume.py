@@ -7,7 +7,8 @@ on its own machine. The local sampler needs no state of its own: every round's s
 seeded by (seed, round, hospital), so a resumed round draws what the uninterrupted one would have.
 
 `train ... --set resume=true` continues from the last finished round up to `num-rounds` (raise it to train
-longer: the cosine schedule then stretches over the new total). Settings that change the model or the data
+longer: the cosine schedule then stretches over the new total; set it to the rounds done to release a stopped run
+as it stands). Settings that change the model or the data
 (model-config, seed, data-path, num-hospitals, mode) must match the run being continued.
 """
 
@@ -33,9 +34,10 @@ def _save(obj, path: Path) -> None:
     os.replace(tmp, path)  # a run killed mid-write keeps the previous round's file
 
 
-def save_server(folder: Path, round_done: int, state: dict, records: list, rejected: list, settings: dict) -> None:
+def save_server(folder: Path, round_done: int, state: dict, records: list, rejected: list, settings: dict,
+                train_seconds: float = 0.0) -> None:
     _save({"round": int(round_done), "state": {k: v.detach().cpu() for k, v in state.items()},
-           "records": records, "rejected": rejected,
+           "records": records, "rejected": rejected, "train_seconds": round(float(train_seconds), 1),
            "settings": {k: settings.get(k) for k in MUST_MATCH}}, folder / "server.pt")
 
 

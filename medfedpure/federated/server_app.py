@@ -81,8 +81,11 @@ def run_training(grid: Grid, settings: dict) -> dict:
         log(INFO, "Resuming %s from round %d of %d (%s)", kind, done, int(settings["num-rounds"]), folder)
     total = int(settings["num-rounds"])
 
+    before = float(saved.get("train_seconds", 0.0)) if saved is not None else 0.0  # earlier sittings' time
+
     def checkpoint_round(round_done: int, arrays: ArrayRecord, strat: RobustFedAvg) -> None:
-        resume.save_server(folder, round_done, arrays.to_torch_state_dict(), strat.records, strat.rejected, settings)
+        resume.save_server(folder, round_done, arrays.to_torch_state_dict(), strat.records, strat.rejected, settings,
+                           train_seconds=before + time.time() - started)
 
     strategy = RobustFedAvg(
         fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes,
@@ -96,9 +99,10 @@ def run_training(grid: Grid, settings: dict) -> dict:
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(shared_state(model)),
                             num_rounds=max(total - done, 0), timeout=float(settings["round-timeout"]),
                             train_config=config, evaluate_config=config)
-    train_seconds = time.time() - started
+    train_seconds = before + time.time() - started
     if total - done <= 0:
-        # Calibration-only run (with init-from): no training, the hospitals only answer the release step.
+        # A calibration-only run (with init-from), or a resumed run whose rounds are all done: no training, the
+        # hospitals only answer the release step (a stopped run is released this way from its last round).
         final = ArrayRecord(shared_state(model))
     elif not any(r["phase"] == "train" for r in strategy.records):
         raise RuntimeError("no hospital completed a training round; nothing to save (see the Flower log)")
