@@ -176,7 +176,7 @@ class DemoApp:
     # --------------------------------------------------------------------------------- upload preview
     def cleared(self) -> AnalyzeOutputs:
         """Every result output emptied (the first thing each new request or upload does)."""
-        return AnalyzeOutputs(compare=gr.update(value=None, visible=False))
+        return AnalyzeOutputs(compare=gr.update(value=None, visible=False), report=gr.update(value=None, visible=False))
 
     def _loaded_outputs(self, loaded):
         """preview, info, frame slider, plane selector for a loaded scan."""
@@ -274,7 +274,8 @@ class DemoApp:
                                 "first. (A file that could not be read is not loaded, and a loaded scan is "
                                 f"forgotten after {self.sessions.keep_s / 60:.0f} idle minutes.)")
             out = self._analyze(session.scan, req, request, tracker, t0)
-            return out._replace(compare=gr.update(value=out.compare, visible=out.compare is not None))
+            return out._replace(compare=gr.update(value=out.compare, visible=out.compare is not None),
+                                report=gr.update(value=out.report, visible=out.report is not None))
         return self._answer("analyze (page)", request, progress, work, lambda stopped, message: self.cleared()._replace(
             verdict=f"### {'Stopped' if stopped else 'Cannot analyze'}\n{message}"), kind=_kind(attack), ticket=ticket)
 
@@ -331,6 +332,24 @@ def _gpu(fn, duration: int):
     return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
 
 
+def _upload_box(**kwargs) -> gr.File:
+    """A gr.File input (type filepath) that leaves nothing behind: Gradio's own one opens an empty
+    NamedTemporaryFile in its temp folder for every file it hands over and never removes it (hundreds of
+    zero-byte tmpXXXX files after a few batches); this one hands over the path alone."""
+    from gradio.utils import NamedString
+
+    box = gr.File(type="filepath", **kwargs)
+    plain = box._process_single_file
+
+    def process(f):
+        if box.type == "filepath" and not box.file_types:
+            return NamedString(f.path)
+        return plain(f)
+
+    box._process_single_file = process
+    return box
+
+
 def _toggle_defence(on):
     """Defence off: 'purify always' means nothing, so it is unticked and locked."""
     if on:
@@ -338,18 +357,22 @@ def _toggle_defence(on):
     return gr.update(interactive=False, value=False, label="Purify always (needs the defence on)")
 
 
-def _settings(hospitals, lim: Limits, tab: str = "") -> list:
+def _settings(hospitals, lim: Limits, tab: str = "", buttons: tuple = ("Analyze", "run")) -> list:
     """The attack and defence settings of a tab, in the callbacks' order: hospital, attack, eps, steps, defence,
-    purify always, seed. tab: "" for the scan tab (elements with ids, every attack), "batch-" for the Batch tab.
-    The rarely changed ones sit in a closed "More settings" fold (the scan tab adds its own to it)."""
+    purify always, seed (the scan tab adds EOT and the report), then the run and Stop buttons. tab: "" for the
+    scan tab (every attack), "batch-" for the Batch tab. The buttons come before the rarely changed settings,
+    which sit in a closed "More settings" fold, so that they are in view at 1280 x 800."""
     ids = (lambda name: f"mfp-{tab}{name}")
-    hospital = gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=True, elem_id=ids("hospital"),
+    hospital = gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=False, elem_id=ids("hospital"),
                            label="Hospital (whose model and detector threshold)")
     attack = gr.Radio(ATTACKS[:3] if tab else ATTACKS, value="none", label="Attack the scan first?",
                       elem_id=ids("attack"), info="FGSM and PGD see the classifier only; the adaptive attack also "
                                                   "attacks the detector and the purifier")
     defence = gr.Checkbox(value=True, label="Defence on (detect, then purify what looks attacked)",
                           elem_id=ids("defence"))
+    with gr.Row():
+        run = gr.Button(buttons[0], variant="primary", elem_id=ids(buttons[1]))
+        stop = gr.Button("Stop", variant="stop", elem_id=ids("stop"))
     with gr.Accordion("More settings", open=False, elem_id=ids("more")):
         eps = gr.Slider(0, EPS_MAX, value=DEFAULT_EPS, step=0.0005, elem_id=ids("eps"),
                         label="Attack strength: largest change of a pixel (0 to 1; 8/255 = 0.0314)")
@@ -362,12 +385,12 @@ def _settings(hospitals, lim: Limits, tab: str = "") -> list:
             gr.Slider(1, lim.eot_max, value=1, step=1, interactive=False, elem_id="mfp-eot", label=lim.eot_label),
             gr.Checkbox(value=True, label="Build the PNG/PDF/JSON report (adds about 0.1 s)", elem_id="mfp-make-report")]
     defence.change(_toggle_defence, [defence], [always], queue=False, api_visibility="private")
-    return [hospital, attack, eps, steps, defence, always, seed, *extra]
+    return [hospital, attack, eps, steps, defence, always, seed, *extra, run, stop]
 
 
 def _api_inputs(hospitals, batch: bool = False) -> list:
     """Invisible inputs of the API endpoints, in the order of DemoApp.analyze / analyze_batch."""
-    files = gr.File(file_count="multiple" if batch else "single", type="filepath", visible=False)
+    files = _upload_box(file_count="multiple" if batch else "single", visible=False)
     common = [files, gr.Dropdown(hospitals, value=hospitals[0][1], allow_custom_value=True, visible=False),
               gr.Dropdown(ATTACKS, value="none", allow_custom_value=True, visible=False),
               gr.Number(value=DEFAULT_EPS, visible=False), gr.Number(value=None, precision=0, visible=False),
@@ -409,8 +432,8 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
             with gr.Row(equal_height=False, elem_id="mfp-scan-row"):
                 with gr.Column(scale=4, min_width=280, elem_id="mfp-col-scan"):
                     gr.Markdown("**1. Pick an example or upload a scan**", elem_classes="mfp-step")
-                    scan_in = gr.File(label="Scan: PNG, JPEG, DICOM or NIfTI (read, then deleted at once)",
-                                      file_count="single", type="filepath", elem_id="mfp-scan", height=110)
+                    scan_in = _upload_box(label="Scan: PNG, JPEG, DICOM or NIfTI (read, then deleted at once)",
+                                          file_count="single", elem_id="mfp-scan", height=150)
                     gr.Examples(examples=[[str(EXAMPLES_DIR / f)] for f, _ in EXAMPLES], inputs=[scan_in],
                                 example_labels=[lab for _, lab in EXAMPLES], label="Example scans",
                                 cache_examples=False, elem_id="mfp-examples")
@@ -422,10 +445,7 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
                                       label="Frame (1 = the first)")
                 with gr.Column(scale=4, min_width=260, elem_id="mfp-col-settings"):
                     gr.Markdown("**2. Choose the settings, then analyze**", elem_classes="mfp-step")
-                    settings = _settings(hospitals, lim)
-                    with gr.Row():
-                        run = gr.Button("Analyze", variant="primary", elem_id="mfp-run")
-                        stop = gr.Button("Stop", variant="stop", elem_id="mfp-stop")
+                    *settings, run, stop = _settings(hospitals, lim)
                     limits_md = gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>", elem_id="mfp-limits")
                 with gr.Column(scale=6, min_width=300, elem_id="mfp-col-answer"):
                     gr.Markdown("**3. The answer**", elem_classes="mfp-step")
@@ -433,7 +453,8 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
                     probabilities = gr.HTML(elem_id="mfp-probabilities")
                     timings = gr.Markdown(elem_id="mfp-timings")
                     report = gr.File(label="Report: PNG, PDF and JSON (no patient identifiers)",
-                                     file_count="multiple", interactive=False, elem_id="mfp-report", height=90)
+                                     file_count="multiple", interactive=False, elem_id="mfp-report",
+                                     visible=False)
             panels = gr.HTML(elem_id="mfp-panels")
             compare = gr.ImageSlider(label="Analyzed scan vs purified (drag the handle)", format="png",
                                      max_height=360, interactive=False, visible=False, elem_id="mfp-compare")
@@ -444,7 +465,8 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
             ticket = gr.State(0)
             hospital, attack, eps, steps, defence, always, seed, eot, make_report = settings
             ui_inputs = [hospital, attack, eps, steps, defence, always, seed, frame, eot, make_report, plane, ticket]
-            run.click(app.begin, None, [*outputs, ticket], show_progress="hidden", **private).then(
+            run.click(app.begin, None, [*outputs, ticket], show_progress="hidden", js=render.SHOW_ANSWER_JS,
+                      **private).then(
                 _gpu(app.analyze_ui, 120), ui_inputs, outputs, api_visibility="private",
                 show_progress_on=[verdict], **busy)
             stop.click(app.stop, None, [verdict], **private)
@@ -466,24 +488,21 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
             gr.Markdown(render.BATCH_NOTE)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=280):
-                    b_files = gr.File(label="Scans (read, then deleted at once)", file_count="multiple",
-                                      type="filepath", elem_id="mfp-batch-files", height=120)
+                    b_files = _upload_box(label="Scans (read, then deleted at once)", file_count="multiple",
+                                          elem_id="mfp-batch-files", height=150)
                     b_plane = gr.Radio(list(PLANES), value="axial", label="Plane (NIfTI volumes)",
                                        elem_id="mfp-batch-plane")
                     b_slices = gr.Textbox(value="", label="Slices or frames (volumes and multi-frame files)",
                                           placeholder="middle", elem_id="mfp-batch-slices",
                                           info="empty: the middle one; 40, 45, 50; 30-60; 30-60/5 (every 5th); all")
                 with gr.Column(scale=1, min_width=280):
-                    b_settings = _settings(hospitals, lim, "batch-")
-                    with gr.Row():
-                        b_run = gr.Button("Analyze all", variant="primary", elem_id="mfp-batch-run")
-                        b_stop = gr.Button("Stop", variant="stop", elem_id="mfp-batch-stop")
+                    *b_settings, b_run, b_stop = _settings(hospitals, lim, "batch-", ("Analyze all", "run"))
                     b_limits_md = gr.Markdown(f"<small>{lim.text(app.time_budget_s)}</small>")
                 with gr.Column(scale=1, min_width=280):
                     b_status = gr.Markdown(render.BATCH_START, elem_id="mfp-batch-status",
                                            elem_classes="mfp-verdict")
                     b_csv = gr.File(label="CSV (the table without the pictures)", interactive=False,
-                                    elem_id="mfp-batch-csv", height=90)
+                                    elem_id="mfp-batch-csv")
             b_table = gr.Dataframe(headers=render.BATCH_COLUMNS, label="Results (one row per file, or per slice of "
                                    "a volume)", interactive=False, wrap=True, elem_id="mfp-batch-table",
                                    column_widths=BATCH_WIDTHS, datatype=render.BATCH_TYPES)
@@ -511,10 +530,21 @@ def load_pipeline(model: str | None = None, revision: str | None = None):
     return MedFedPure.from_pretrained(model, revision=revision)
 
 
+def page_theme() -> gr.themes.Base:
+    """Gradio's Soft theme with text colours of at least 4.5:1 contrast: its indigo one step darker where it is
+    text or behind white text (labels, tabs, buttons, the chosen radio option) and its grey help texts darker."""
+    c = gr.themes.colors
+    indigo = gr.themes.Color(c50=c.indigo.c50, c100=c.indigo.c100, c200=c.indigo.c200, c300=c.indigo.c300,
+                             c400=c.indigo.c400, c500=c.indigo.c700, c600=c.indigo.c800, c700=c.indigo.c800,
+                             c800=c.indigo.c900, c900=c.indigo.c900, c950=c.indigo.c950, name="indigo-dark")
+    return gr.themes.Soft(primary_hue=indigo).set(body_text_color_subdued="*neutral_600",
+                                                   block_info_text_color="*neutral_600")
+
+
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, **kwargs):
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(EXAMPLES_DIR)],
-                       max_file_size="200mb", theme=gr.themes.Soft(), css=render.PAGE_CSS, **kwargs)
+                       max_file_size="200mb", theme=page_theme(), css=render.PAGE_CSS, js=render.PAGE_JS, **kwargs)
 
 
 def main(argv=None) -> int:

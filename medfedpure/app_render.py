@@ -154,8 +154,40 @@ PAGE_CSS = """
            transform:translateX(-50%);}
 #mfp-batch-table img {width:44px; height:44px; image-rendering:pixelated; margin:0;}
 #mfp-batch-table th, #mfp-batch-table th * {overflow-wrap:normal; word-break:normal; hyphens:none;}
+/* the progress over the answer and the batch status: stage and bar, then the step count, never on top of each
+   other (Gradio centres them absolutely, so they overlap in a short box or on a phone) */
+#mfp-verdict, #mfp-batch-status {min-height:112px;}
+#mfp-verdict [data-testid="status-tracker"], #mfp-batch-status [data-testid="status-tracker"] {
+    justify-content:flex-start; padding:8px 10px !important; gap:4px;}
+#mfp-verdict .meta-text-center, #mfp-batch-status .meta-text-center {position:static; transform:none;
+    order:2; padding:0;}
+#mfp-verdict .progress-level-inner, #mfp-batch-status .progress-level-inner {margin:4px 0; text-align:center;
+    white-space:normal; overflow-wrap:anywhere;}
+/* Gradio's own grey texts, darker for 4.5:1 contrast */
+.or, .label-clear-button, [data-testid="block-info"], .info-text {color:#4b5563 !important;}
+.wrap .icon-wrap + *, .upload-container .wrap {color:#3730a3;}
 @media (max-width: 700px) {.mfp-grid {grid-template-columns:repeat(2, minmax(0, 1fr));}
                            .mfp-top h1 {font-size:1.15em;}}
+"""
+# On Analyze: on a narrow screen (a phone: one column) scroll to the answer box, where the progress shows.
+SHOW_ANSWER_JS = """
+() => { if (window.innerWidth < 700) {
+  const box = document.querySelector('#mfp-verdict'); if (box) box.scrollIntoView({behavior: 'smooth', block: 'start'}); } }
+"""
+# Runs once when the page loads: an open dropdown list closes when the keyboard focus leaves its input (Gradio
+# leaves it open over the next field otherwise).
+PAGE_JS = """
+() => {
+  document.addEventListener('focusout', (event) => {
+    const input = event.target;
+    if (!(input instanceof HTMLInputElement) || !input.closest('.wrap-inner, [role="combobox"]')) return;
+    setTimeout(() => {
+      const holder = input.closest('.block');
+      if (holder && holder.contains(document.activeElement)) return;
+      input.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true}));
+    }, 0);
+  }, true);
+}
 """
 # The batch table (and its CSV, without the picture): each scan is named by its file's number in upload order,
 # its slice or frame, a small picture and a pixel hash (never the uploaded file's name); the status sits early so

@@ -206,6 +206,11 @@ def check_analysis(out, pipe, hospital: int = 0) -> dict:
     return details
 
 
+def stray_temp_files(demo) -> list[Path]:
+    """Empty tmpXXXX files in Gradio's temp folder (its gr.File leaves one per file handed over)."""
+    return [p for p in Path(demo.GRADIO_CACHE).glob("tmp*") if p.is_file() and p.stat().st_size == 0]
+
+
 def upload_names(demo) -> list[str]:
     return [p.name for p in Path(demo.GRADIO_CACHE).rglob("*") if p.is_file()]
 
@@ -442,7 +447,10 @@ def test_batch_with_a_bad_file(served, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a PNG signature and nothing behind it
     dcm = make_dicom(tmp_path / f"{SECRET_NAME}_slice.dcm", frames=1)
     files = [handle_file(p) for p in (EXAMPLES / "y1349.jpg", bad, dcm)]
+    stray = len(stray_temp_files(demo))
     table, csv_path, status = client.predict(files, 0, api_name="/analyze_batch")
+    client.predict(handle_file(EXAMPLES / "no35.jpg"), 0, make_report=False, api_name="/analyze")
+    assert len(stray_temp_files(demo)) == stray, "requests leave empty temp files behind"
     headers, rows = table["headers"], table["data"]
     assert headers == app.render.BATCH_COLUMNS
     assert headers.index("status") < 6  # readable without scrolling (the browser test measures it)
@@ -555,7 +563,8 @@ def test_upload_preview_frame_picker_and_deletion(served, tmp_path):
     # the failed upload replaced the last scan: Analyze says so instead of showing the old scan's answer
     out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, False, request=req)
     assert out[0].startswith("### Cannot analyze") and "No scan is loaded" in out[0]
-    assert out[1:] == ("", out[2], "", None, None, "") and out[2]["visible"] is False
+    assert out[1:] == ("", out[2], "", None, out[5], "") and out[2]["visible"] is False
+    assert out[5] == {"__type__": "update", "value": None, "visible": False}  # the empty report box is hidden
 
 
 def test_report_folders_deleted_at_session_end_and_after_the_keep_time(served):
@@ -564,7 +573,8 @@ def test_report_folders_deleted_at_session_end_and_after_the_keep_time(served):
     req = _req("reports")
     ui.inspect(str(EXAMPLES / "y1349.jpg"), req)
     out = ui.analyze_ui(0, "none", 0.03, 1, True, True, 0, 0, 1, True, request=req)
-    files = [Path(p) for p in out[5]] + [Path(p) for p in out[2]["value"]]
+    assert out[5]["visible"] is True
+    files = [Path(p) for p in out[5]["value"]] + [Path(p) for p in out[2]["value"]]
     assert all(p.is_file() for p in files)
     folder = files[0].parent.parent
     assert folder.parent == ui.sessions.workdir
@@ -573,7 +583,7 @@ def test_report_folders_deleted_at_session_end_and_after_the_keep_time(served):
     # bounded time: the sweeper removes folders and idle sessions older than keep_s
     ui.inspect(str(EXAMPLES / "y1349.jpg"), req)
     out = ui.analyze_ui(0, "none", 0.03, 1, True, False, 0, 0, 1, True, request=req)
-    report = Path(out[5][0])
+    report = Path(out[5]["value"][0])
     assert ui.sessions.sweep() == 0 and report.is_file()  # young: kept
     assert ui.sessions.sweep(now=time.time() + ui.sessions.keep_s + 5) >= 1  # old: the session and its folders
     assert not report.exists() and ui.sessions.peek("reports") is None
@@ -612,7 +622,8 @@ def test_time_budget_stops_a_long_attack(served):
     out = ui.analyze_ui(0, "adaptive", 0.03, 8, True, False, 0, 0, 1, True, request=req)
     assert time.perf_counter() - t < 30
     assert out[0].startswith("### Stopped") and "time budget of 2 s per analysis ran out during" in out[0]
-    assert out[1:] == ("", out[2], "", None, None, "")  # nothing of the unfinished analysis is shown
+    assert out[1:] == ("", out[2], "", None, out[5], "")  # nothing of the unfinished analysis is shown
+    assert out[5]["value"] is None and out[2]["value"] is None
     import gradio as gr
 
     with pytest.raises(gr.Error, match="time budget"):
