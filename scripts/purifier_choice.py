@@ -340,6 +340,7 @@ def main() -> None:
     ap.add_argument("--model", default="pretrained")
     ap.add_argument("--cache", required=True, help="the preprocessed cache of the model's split")
     ap.add_argument("--ffdnet", required=True, help="the fine-tuned FFDNet purifier folder (ffdnet.safetensors)")
+    ap.add_argument("--ffdnet-note", default="", help="a few words on the fine-tune for the report (e.g. its wall time)")
     ap.add_argument("--ddpm", help="a DDPM purifier folder (default: the model's purifier)")
     ap.add_argument("--classifier", help="another classifier behind the same purifiers (e.g. a new one)")
     ap.add_argument("--out", default="reports/purifier_choice")
@@ -408,8 +409,8 @@ def main() -> None:
     tr = ft_cfg.get("training", {})
     ffdnet_desc = (f"from those weights, {tr.get('num-rounds')} Flower rounds x {tr.get('local-epochs')} local epochs on "
                    f"the {tr.get('num-hospitals')} hospitals' clean training scans, {tr.get('crop')}-px crops, t in "
-                   f"[{tr.get('min-timestep')}, {tr.get('max-timestep')}], lr {tr.get('lr')}, "
-                   f"{tr.get('total_train_seconds', tr.get('train_seconds'))} s; `{args.ffdnet}`")
+                   f"[{tr.get('min-timestep')}, {tr.get('max-timestep')}], lr {tr.get('lr')}"
+                   + (f", {args.ffdnet_note}" if args.ffdnet_note else "") + f"; `{args.ffdnet}`")
     meta = {"command": "python scripts/purifier_choice.py --model {} --cache <cache of the split> --ffdnet {}{}{}{}".format(
                 args.model, args.ffdnet, f" --classifier {args.classifier}" if args.classifier else "",
                 f" --ddpm {args.ddpm}" if args.ddpm else "", f" --per-hospital {args.per_hospital}"),
