@@ -70,8 +70,8 @@ ATTACKS = list(ATTACK_LABELS)  # (page label, the workflow's name)
 MAX_FRAME = 9999  # the frame slider's API bound; the page narrows it to the file's frames
 # Pixel widths of the batch table's columns (render.BATCH_COLUMNS): the table spans the page, so every header
 # fits on its words at 1400 px without scrolling sideways.
-BATCH_WIDTHS = ["44px", "64px", "44px", "124px", "116px", "150px", "90px", "72px", "90px", "84px", "66px", "66px",
-                "80px", "82px", "96px"]
+BATCH_WIDTHS = ["42px", "60px", "40px", "106px", "106px", "148px", "84px", "52px", "96px", "76px", "74px", "64px",
+                "86px", "76px", "80px"]
 DEFAULT_CONCURRENCY = int(os.environ.get("MEDFEDPURE_CONCURRENCY", "2"))  # light and heavy analyses each
 QUEUE_MAX_SIZE = int(os.environ.get("MEDFEDPURE_QUEUE_SIZE", "32"))
 TIME_BUDGET_S = float(os.environ.get("MEDFEDPURE_TIME_BUDGET", "60"))  # per analysis; 0: no limit
@@ -132,8 +132,14 @@ class DemoApp:
 
     def _answer(self, where: str, request, progress, work, on_error=None, kind: str = "light", ticket=None,
                 on_refused=None):
-        return self.requests.run(where, _session_hash(request), progress, work, on_error, kind=kind, ticket=ticket,
-                                 on_refused=on_refused)
+        try:
+            return self.requests.run(where, _session_hash(request), progress, work, on_error, kind=kind,
+                                     ticket=ticket, on_refused=on_refused)
+        finally:
+            if ticket is not None:  # a page request begun by begin() has ended
+                session = self.sessions.peek(_session_hash(request))
+                if session is not None:
+                    session.waiting = max(0, session.waiting - 1)
 
     def _parse(self, *values, **named) -> AnalyzeRequest:
         return AnalyzeRequest.parse(self.pipe.hospitals, self.limits, *values, names=self.hospital_names, **named)
@@ -154,20 +160,24 @@ class DemoApp:
         """The first, instant step of Analyze / Analyze all: every result emptied, and the request's ticket (the
         session's Stop count now; a Stop pressed before the analysis starts ends it at once)."""
         session = self.sessions.get(_session_hash(request))
+        session.waiting += 1
         return (*self.cleared(), session.stops)
 
     def begin_batch(self, request: gr.Request = None):
         session = self.sessions.get(_session_hash(request))
+        session.waiting += 1
         return (*BatchOutputs(), session.stops)
 
     def stop(self, request: gr.Request = None):
-        """The Stop button: every running request of this session ends at its next model call, and one still
-        queued ends when its turn comes; it answers normally (no error), its results stay empty and the verdict
-        box says so."""
+        """The Stop button: every running request of this session ends at its next model call and answers
+        "Stopped" itself (normally: no error marker; its results stay empty); one still queued ends when its turn
+        comes, and the box says so now. With nothing running or queued the box is left as it is."""
+        session = self.sessions.peek(_session_hash(request))
+        queued = session is not None and session.waiting > len(session.cancels)
         running = self.requests.stop(_session_hash(request))
-        if running:
-            return "### Stopping\nThe analysis ends at its next step; nothing is shown for an unfinished analysis."
-        return "### Stopped\nYou stopped the analysis. Nothing is shown for an unfinished analysis."
+        if running or not queued:
+            return gr.update()  # the running request writes its own "Stopped", after this
+        return "### Stopped\nYou stopped the analysis before it started. Nothing is shown for an unfinished analysis."
 
     def end_session(self, request: gr.Request = None):
         """The page was closed: its scans leave memory and its report folders are deleted."""
@@ -434,15 +444,15 @@ def build_demo(pipe, workdir: str | Path | None = None, *, time_budget_s: float 
                     gr.Markdown("**1. Pick an example or upload a scan**", elem_classes="mfp-step")
                     scan_in = _upload_box(label="Scan: PNG, JPEG, DICOM or NIfTI (read, then deleted at once)",
                                           file_count="single", elem_id="mfp-scan", height=150)
-                    gr.Examples(examples=[[str(EXAMPLES_DIR / f)] for f, _ in EXAMPLES], inputs=[scan_in],
-                                example_labels=[lab for _, lab in EXAMPLES], label="Example scans",
-                                cache_examples=False, elem_id="mfp-examples")
                     preview = gr.HTML(elem_id="mfp-preview")
                     scan_info = gr.Markdown(elem_id="mfp-scan-info")
                     plane = gr.Radio(list(PLANES), value="axial", label="Plane of the volume", visible=False,
                                      elem_id="mfp-plane")
                     frame = gr.Slider(1, MAX_FRAME, value=1, step=1, visible=False, elem_id="mfp-frame",
                                       label="Frame (1 = the first)")
+                    gr.Examples(examples=[[str(EXAMPLES_DIR / f)] for f, _ in EXAMPLES], inputs=[scan_in],
+                                example_labels=[lab for _, lab in EXAMPLES], label="Example scans",
+                                cache_examples=False, elem_id="mfp-examples")
                 with gr.Column(scale=4, min_width=260, elem_id="mfp-col-settings"):
                     gr.Markdown("**2. Choose the settings, then analyze**", elem_classes="mfp-step")
                     *settings, run, stop = _settings(hospitals, lim)

@@ -158,7 +158,7 @@ def analyze_scans(pipe, items, req: AnalyzeRequest, tracker: Tracker, *, csv_pat
             results = [None] * len(chunk)
             message = f"analysis failed ({type(exc).__name__})"
         for (pos, number, sc), res in zip(chunk, results):
-            rows[pos] = render.batch_row(pos + 1, res, file=number, place=render.scan_place(sc.meta),
+            rows[pos] = render.batch_row(pos + 1, res, file=number, place=render.scan_place(sc.meta, short=True),
                                          scan=render.scan_id(sc.image), blank=bool(np.ptp(sc.image) == 0),
                                          error=message, picture=render.thumbnail(sc.image))
     render.write_batch_csv(rows, csv_path)

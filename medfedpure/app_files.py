@@ -155,6 +155,7 @@ class Session:
     batch: list = field(default_factory=list)  # [(row, Loaded | None, error message | None)]
     cancels: set = field(default_factory=set)  # threading.Event of each running request
     stops: int = 0  # how many times Stop was pressed (a request made before the last Stop ends when it starts)
+    waiting: int = 0  # page requests begun and not yet answered (queued or running)
 
 
 class Sessions:

@@ -153,6 +153,8 @@ PAGE_CSS = """
 .mfp-side-t {top:2px; left:50%; transform:translateX(-50%);} .mfp-side-b {bottom:2px; left:50%;
            transform:translateX(-50%);}
 #mfp-batch-table img {width:44px; height:44px; image-rendering:pixelated; margin:0;}
+#mfp-batch-table table, #mfp-batch-table td, #mfp-batch-table th, #mfp-batch-table td *, #mfp-batch-table th * {
+    font-family:var(--font); font-size:13px;}
 #mfp-batch-table th, #mfp-batch-table th * {overflow-wrap:normal; word-break:normal; hyphens:none;}
 /* the progress over the answer and the batch status: stage and bar, then the step count, never on top of each
    other (Gradio centres them absolutely, so they overlap in a short box or on a phone) */
@@ -192,9 +194,9 @@ PAGE_JS = """
 # The batch table (and its CSV, without the picture): each scan is named by its file's number in upload order,
 # its slice or frame, a small picture and a pixel hash (never the uploaded file's name); the status sits early so
 # that an error is readable at 1400 px. Yes/no and rounded numbers, the same in the table and the CSV.
-BATCH_COLUMNS = ["row", "picture", "file", "slice", "scan", "status", "answer", "sure", "tumour type",
-                 "like training scans", "flagged", "score", "threshold", "purified (t*)", "before the defence"]
-CSV_COLUMNS = [c for c in BATCH_COLUMNS if c != "picture"]
+BATCH_COLUMNS = ["row", "image", "file", "slice", "scan", "status", "answer", "sure", "tumour type",
+                 "like training scans", "flagged", "score", "threshold", "purified (t*)", "before defence"]
+CSV_COLUMNS = [c for c in BATCH_COLUMNS if c != "image"]
 BATCH_TYPES = ["number", "markdown", "number"] + ["str"] * (len(BATCH_COLUMNS) - 3)
 _INFERNO_HEX = (
     "00000401000501010601010802010a02020c02020e03021004031204031405041706041907051b08051d09061f0a07220b07240c08260d08"
@@ -902,7 +904,7 @@ def batch_row(row: int, result=None, *, error: str | None = None, file: int | No
     its pixel hash only."""
     out = dict.fromkeys(BATCH_COLUMNS, "")
     out.update({"row": int(row), "file": int(row if file is None else file), "slice": place or "", "scan": scan,
-                "picture": picture})
+                "image": picture})
     if result is None:
         out["status"] = f"error: {error or 'failed'}"
         return out
@@ -919,7 +921,7 @@ def batch_row(row: int, result=None, *, error: str | None = None, file: int | No
                 "like training scans": _yes(ind), "flagged": _yes(bool(result.flagged)),
                 "score": _fmt(result.score), "threshold": _fmt(result.threshold),
                 "purified (t*)": f"yes ({int(result.t_star)})" if result.purified is not None else "no",
-                "before the defence": pretty(result.prediction)})
+                "before defence": pretty(result.prediction)})
     return out
 
 
@@ -1046,11 +1048,12 @@ def side_labels(meta: dict) -> tuple | None:
     return SIDE_LABELS.get(plane)
 
 
-def scan_place(meta: dict) -> str:
-    """Where in its file the scan is: "sagittal slice 45 of 120", "frame 3 of 5", or "" for a single picture."""
+def scan_place(meta: dict, short: bool = False) -> str:
+    """Where in its file the scan is: "sagittal slice 45 of 120" ("sagittal 45 of 120" short), "frame 3 of 5",
+    or "" for a single picture."""
     frames, frame = meta.get("frames") or 1, meta.get("frame")
     if meta.get("plane"):
-        return f"{meta['plane']} slice {int(frame or 0) + 1} of {frames}"
+        return f"{meta['plane']}{'' if short else ' slice'} {int(frame or 0) + 1} of {frames}"
     if frames > 1:
         return f"frame {int(frame or 0) + 1} of {frames}"
     return ""

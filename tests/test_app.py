@@ -425,14 +425,13 @@ def test_batch_reads_the_slices_asked_for(served, tmp_path):
                                              api_name="/analyze_batch")
     rows = [dict(zip(table["headers"], r)) for r in table["data"]]
     assert [(r["row"], r["file"]) for r in rows] == [(1, 1), (2, 1), (3, 1), (4, 2)]
-    assert [r["slice"].split(" of ")[0] for r in rows[:3]] == ["coronal slice 30", "coronal slice 35",
-                                                                "coronal slice 40"]
+    assert [r["slice"].split(" of ")[0] for r in rows[:3]] == ["coronal 30", "coronal 35", "coronal 40"]
     assert rows[3]["slice"] == "" and all(r["status"] == "ok" for r in rows)
-    assert all(r["picture"].startswith("![scan](data:image/png;base64,") for r in rows)
+    assert all(r["image"].startswith("![scan](data:image/png;base64,") for r in rows)
     assert "4 slices of 2 file(s): 4 analyzed" in status
     with open(csv_path, newline="") as handle:
         saved = list(csv.DictReader(handle))
-    assert "picture" not in saved[0] and [r["slice"] for r in saved] == [r["slice"] for r in rows]
+    assert "image" not in saved[0] and [r["slice"] for r in saved] == [r["slice"] for r in rows]
     assert [r["flagged"] for r in saved] == [r["flagged"] for r in rows]  # the same values in both
     assert {r["flagged"] for r in saved} <= {"yes", "no"}
     out = client.predict([handle_file(volume)], 0, "none", 0.03, 1, True, False, 0, "axial", "9999",
@@ -465,7 +464,7 @@ def test_batch_with_a_bad_file(served, tmp_path):
         assert row["flagged"] in ("yes", "no") and row["like training scans"] in ("yes", "no", "")
         assert (row["flagged"] == "yes") == (float(row["score"]) > float(row["threshold"]))
         assert row["sure"].endswith("%") and 50 <= float(row["sure"].strip("<>%")) <= 100
-        assert row["picture"].startswith("![scan](data:image/png;base64,")
+        assert row["image"].startswith("![scan](data:image/png;base64,")
     assert "2 analyzed, 1 error" in status
     text = Path(csv_path).read_text()
     assert_no_secret(json.dumps(table) + status + text, "the batch table or CSV")
@@ -650,14 +649,14 @@ def test_stop_ends_a_running_request(served):
     worker.start()
     assert started.wait(120), "the attack never reported a step"
     t = time.perf_counter()
-    assert ui.stop(req).startswith("### Stopping")
+    assert ui.stop(req) == {"__type__": "update"}  # the running request answers "Stopped" itself
     worker.join(60)
     assert not worker.is_alive() and time.perf_counter() - t < 20
     assert result["out"][0].startswith("### Stopped") and "your request" in result["out"][0]
-    assert ui.stop(req).startswith("### Stopped") and not ui.sessions.get("stop").cancels  # nothing left running
+    assert ui.stop(req) == {"__type__": "update"} and not ui.sessions.get("stop").cancels  # nothing left running
     # a request made before the last Stop (still queued when it was pressed) ends at once when its turn comes
     ticket = ui.begin(req)[-1]
-    ui.stop(req)
+    assert ui.stop(req).startswith("### Stopped\nYou stopped the analysis before it started")
     t = time.perf_counter()
     out = ui.analyze_ui(0, "pgd", 0.03, 5, True, False, 0, 0, 1, False, None, ticket, request=req)
     assert out[0].startswith("### Stopped") and time.perf_counter() - t < 5
