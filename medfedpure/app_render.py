@@ -39,7 +39,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from medfedpure.ood import COLOUR_MAX, OOD_WORDS
 
 __all__ = [
     "BANNER", "BATCH_COLUMNS", "BATCH_NOTE", "DISCLAIMER", "EXAMPLES_NOTE", "PAGE_CSS", "PAGE_INTRO", "AnalysisView", "AnalyzeOutputs", "BatchOutputs", "Panel",
@@ -441,6 +440,8 @@ def ood_phrase(result) -> str:
     if ind:
         return f"Out-of-distribution check: looks like the brain MRI slices the model was trained on{where}."
     if _colour_picture(result):
+        from medfedpure.ood import COLOUR_MAX, OOD_WORDS  # imports torch: not before the page is served
+
         return (f"Out-of-distribution check: {OOD_WORDS['colour']} (more than {_pct(COLOUR_MAX)} of this file's "
                 f"pixels are in colour); its features alone score {_fmt(result.ood_score)} against a threshold of "
                 f"{_fmt(result.ood_threshold)}.")

@@ -665,6 +665,74 @@ def test_stop_ends_a_running_request(served):
     assert out[0].startswith(("### Answer", "### No diagnosis"))
 
 
+def test_light_work_never_waits_behind_heavy_work():
+    """Requests: heavy work (adaptive attacks, batches) and light work have slots of their own; a third heavy
+    request waits (and says so) while a light one runs at once; Stop ends a wait."""
+    from medfedpure.app_files import Sessions
+    from medfedpure.app_progress import Requests
+
+    sessions = Sessions(Path(os.environ.get("GRADIO_TEMP_DIR", "/tmp")) / f"slots-{os.getpid()}", keep_s=60)
+    requests = Requests(sessions, 60, user_errors=(ValueError,), slots={"light": 1, "heavy": 2})
+    release = threading.Event()
+    started = []
+
+    def heavy(session, tracker, t0):
+        started.append(threading.current_thread().name)
+        release.wait(30)
+        return "heavy done"
+
+    workers = [threading.Thread(target=requests.run, args=("heavy", f"h{k}", None, heavy), kwargs={"kind": "heavy"})
+               for k in range(2)]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 10
+    while len(started) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(started) == 2 and all(n.startswith("medfedpure-heavy") for n in started)  # its own threads
+    t = time.perf_counter()
+    assert requests.run("light", "l", None, lambda *a: "light done") == "light done"
+    assert time.perf_counter() - t < 1.0  # not behind the two heavy ones
+    progress = _Progress()
+    third = {}
+    waiter = threading.Thread(target=lambda: third.update(out=requests.run(
+        "heavy", "h3", progress, heavy, lambda stopped, message: message, kind="heavy")))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and any(d and d.startswith("waiting for a free slot") for _, d in progress.calls)
+    requests.stop("h3")
+    waiter.join(5)
+    assert not waiter.is_alive() and third["out"].startswith("Stopped at your request")
+    release.set()
+    for w in workers:
+        w.join(10)
+    requests.close()
+    sessions.close()
+
+
+def test_two_adaptive_analyses_at_the_defaults_and_a_pgd_meanwhile(served):
+    """Through the API, as users send them: two adaptive analyses at the page's defaults (steps left out) finish
+    inside the time budget, and a PGD analysis sent meanwhile answers within twice its own time."""
+    client, app, pipe, demo = served
+    budget = demo.app_state.time_budget_s
+    scan = handle_file(EXAMPLES / "y1493.jpg")
+    pgd = dict(hospital=0, attack="pgd", eps=8 / 255, steps=10, make_report=False, api_name="/analyze")
+    client.predict(scan, **pgd)  # warm
+    t = time.perf_counter()
+    client.predict(scan, **pgd)
+    alone = time.perf_counter() - t
+    jobs = [client.submit(scan, 0, "adaptive", 8 / 255, make_report=False, api_name="/analyze") for _ in range(2)]
+    time.sleep(1.0)  # both started
+    t = time.perf_counter()
+    client.predict(scan, **pgd)
+    meanwhile = time.perf_counter() - t
+    outs = [job.result(timeout=budget + 60) for job in jobs]
+    for out in outs:
+        details = out[4]
+        assert details["attack"]["name"] == "adaptive" and details["attack"]["steps"] == demo.app_state.limits.default_steps("adaptive")
+        assert details["timings_ms"]["total"] < budget * 1000
+    assert meanwhile <= 2 * alone + 0.5, f"PGD took {meanwhile:.1f} s beside two adaptive runs, {alone:.1f} s alone"
+
+
 class _FakeModel:
     """The real pipeline, with the out-of-distribution verdict and tumour type the new model adds."""
 
