@@ -183,7 +183,8 @@ def _hospital(value, hospitals: list[int], names: dict | None = None) -> int:
         listed = ", ".join(f"{names.get(h, h)}" for h in hospitals)
         raise UserError(f"Unknown hospital {value!r}: choose one of {listed}.") from None
     if value not in hospitals:
-        raise UserError(f"Unknown hospital {value}; this checkpoint has hospitals {hospitals}.")
+        named = f" ({', '.join(f'{h}: {names[h]}' for h in hospitals if h in names)})" if names else ""
+        raise UserError(f"Unknown hospital {value}; this checkpoint has hospitals {hospitals}{named}.")
     return value
 
 

@@ -938,6 +938,29 @@ def test_page_words_are_plain_and_rounded():
     assert "background_highpass" not in r.statistic_phrase("background_highpass")
 
 
+def test_report_picture_header_names_the_frame_and_the_hospital():
+    from medfedpure import app_render as r
+    from medfedpure.attack_workflow import AttackSpec
+
+    img = np.random.default_rng(1).random((128, 128)).astype(np.float32)
+    res = SimpleNamespace(input=img, score=0.5, threshold=0.4, flagged=True, t_star=40, purified=img,
+                          probabilities=[0.3, 0.7], final_probabilities=[0.4, 0.6], prediction="tumour",
+                          purified_prediction="tumour", final_prediction="tumour", tumour_type=None,
+                          in_distribution=True, reconstruction=img, error_map=img)
+    for meta, place in (({"frames": 5, "frame": 2}, "frame 3 of 5"),
+                        ({"frames": 90, "frame": 44, "plane": "sagittal"}, "sagittal slice 45 of 90")):
+        view = r.AnalysisView(image=img, meta=meta, result=res, clean=None, attack=AttackSpec("pgd", 8 / 255, 10),
+                              hospital=8, defence=True, purify="flagged", class_names=("no_tumour", "tumour"),
+                              quantiles=tuple(np.linspace(0, 1, 21)), hospital_name="TCGA site DU")
+        info = r.report_info(view, {"verdict": "Answer: tumour"})
+        assert info["header"].startswith(f"TCGA site DU | {place} | attack: PGD (8.0/255)"), info["header"]
+        panels = r.analysis_panels(view)
+        assert panels[0].title == f"Original ({place})"
+        assert (panels[0].sides is not None) == ("plane" in meta)
+        picture = r.report_image(panels, info)
+        assert picture.shape[1] == 1100
+
+
 def test_user_message_names_no_file_and_gives_no_install_advice():
     from medfedpure import app_render as r
     from medfedpure.io import ScanReadError
