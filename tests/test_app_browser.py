@@ -235,7 +235,7 @@ def test_example_analysis_shows_every_stage_and_a_drawn_page(page, tmp_path):
     load_example(page, "tumour (y1431)")
     assert "data:image/png" in page.inner_html("#mfp-preview")
     verdict = analyze(page)
-    assert verdict.startswith("Answer:") and re.search(r"\(\d+%, (very sure|fairly sure|leaning|unsure)\)", verdict)
+    assert verdict.startswith("Answer:") and re.search(r"\((>99|<1|\d+)%, (very sure|fairly sure|leaning|unsure)\)", verdict)
     assert "Why: the numbers behind this answer" in verdict and "Out-of-distribution check" not in verdict
     details = open_details(page)  # the statistics wait in the fold
     assert "Out-of-distribution check" in details
