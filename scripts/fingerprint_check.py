@@ -92,20 +92,23 @@ def _read(root: Path, rel: str, size):
 
 
 def _models(folder: str):
-    from medfedpure.models.classifier import HospitalClassifier
+    """(the shared classifier, {hospital: gate})."""
     from medfedpure.pipeline import load_classifier
 
     clf, gates, _ = load_classifier(Path(folder))
-    return clf.eval(), {h: HospitalClassifier(clf, g.eval()).eval() for h, g in gates.items()}
+    return clf.eval(), {h: g.eval() for h, g in gates.items()}
 
 
-def _predict(models: dict, x) -> np.ndarray:
-    """(hospitals, N) predicted labels."""
+def _predict(clf, gates: dict, x) -> np.ndarray:
+    """(hospitals, N) predicted labels; one trunk pass per batch serves every hospital's gate."""
     import torch
 
+    rows = {h: [] for h in gates}
     with torch.no_grad():
-        return np.stack([torch.cat([m(x[i:i + 64]).argmax(1) for i in range(0, len(x), 64)]).numpy()
-                         for _, m in sorted(models.items())])
+        for i in range(0, len(x), 64):
+            for h, (logp, _) in clf.under_gates(x[i:i + 64], gates).items():
+                rows[h].append(logp.argmax(1))
+    return np.stack([torch.cat(rows[h]).numpy() for h in sorted(gates)])
 
 
 def _share(correct: np.ndarray, groups: np.ndarray) -> dict:
@@ -203,9 +206,9 @@ def main() -> int:
         feats = _features(clf, x)
         res["probe_no_tumour"] = source_probe(feats[labels == 0], sources[labels == 0], groups[labels == 0])
         res["probe_tumour"] = source_probe(feats[labels == 1], sources[labels == 1], groups[labels == 1])
-        pn, pl = _predict(models, x[neg]), _predict(models, looks_neg)
+        pn, pl = _predict(clf, models, x[neg]), _predict(clf, models, looks_neg)
         res["tumour_free"] = {"as_is": _share(pn == 0, groups[neg]), "tumour_only_look": _share(pl == 0, groups[neg])}
-        pp, pq = _predict(models, x[pos]), _predict(models, looks_pos)
+        pp, pq = _predict(clf, models, x[pos]), _predict(clf, models, looks_pos)
         res["tumour"] = {"as_is": _share(pp == 1, groups[pos]), "healthy_only_look": _share(pq == 1, groups[pos])}
         out["models"][str(folder)] = res
         print(folder, json.dumps(res, indent=1))

@@ -24,22 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from medfedpure.metrics import breakdown, format_ci  # noqa: E402
 
 
-def _predict(pipe, scans, hospitals, batch=128):
+def _predict(pipe, scans, hospitals, batch=64):
+    """Every hospital's answer (and tumour type) on every scan: one trunk pass per batch serves all hospitals."""
     import torch
 
-    preds, types = {}, {}
+    base = pipe.classifier_for(hospitals[0]).base
+    gates = {h: pipe.classifier_for(h).gate for h in hospitals}
+    preds, types = {h: [] for h in hospitals}, {h: [] for h in hospitals}
     x_all = scans.tensor(np.arange(len(scans)))
     with torch.no_grad():
-        for h in hospitals:
-            model = pipe.classifier_for(h)
-            p, t = [], []
-            for i in range(0, len(x_all), batch):
-                x = x_all[i:i + batch].to(pipe.device)
-                p.append(model(x).argmax(1).cpu().numpy())
-                lt = model.tumour_type_log_proba(x) if hasattr(model, "tumour_type_log_proba") else None
-                t.append(lt.argmax(1).cpu().numpy() if lt is not None else np.full(len(x), -1))
-            preds[h], types[h] = np.concatenate(p), np.concatenate(t)
-    return preds, types
+        for i in range(0, len(x_all), batch):
+            out = base.under_gates(x_all[i:i + batch].to(pipe.device), gates)
+            for h, (logp, t) in out.items():
+                preds[h].append(logp.argmax(1).cpu().numpy())
+                types[h].append(t.argmax(1).cpu().numpy() if t is not None else np.full(len(logp), -1))
+    return ({h: np.concatenate(v) for h, v in preds.items()}, {h: np.concatenate(v) for h, v in types.items()})
 
 
 def _pooled(scans, preds: dict, key=None):

@@ -226,6 +226,13 @@ class MixtureOfExpertsClassifier(nn.Module):
         z = self.normalise(x)
         return self._heads(z, self.trunk(z) if self.trunk is not None else z, gate)
 
+    def under_gates(self, x: torch.Tensor, gates: dict) -> dict:
+        """{key: (log-probabilities, tumour-type logits or None)} of the mixture under each gate, from ONE trunk
+        pass (every hospital's answer on a batch costs one forward, not one per hospital)."""
+        z = self.normalise(x)
+        h = self.trunk(z) if self.trunk is not None else z
+        return {k: self._heads(z, h, g) for k, g in gates.items()}
+
     def mixture_type_and_features(self, x: torch.Tensor, gate: Gate | None):
         """-> (log-probabilities, tumour-type logits or None, {"layer1", "layer2", "trunk"} features of the OOD check),
         all from one trunk pass (the analysis of a scan needs the three; three passes cost ~20 ms on a CPU)."""
