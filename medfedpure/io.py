@@ -271,9 +271,9 @@ def _check_dims(name: str, width: int, height: int, max_pixels: int) -> None:
 
 
 def _check_frame(name: str, frame: int, frames: int) -> None:
-    if not 0 <= frame < frames:
-        valid = "only frame 0" if frames == 1 else f"frames 0 to {frames - 1}"
-        raise ScanReadError(f"{name}: frame {frame} does not exist; the file has {frames} frame(s) ({valid}).")
+    if not 0 <= frame < frames:  # `frame` counts from 0 here; people count frames from 1
+        valid = "only frame 1" if frames == 1 else f"frames 1 to {frames}"
+        raise ScanReadError(f"{name}: frame {frame + 1} does not exist; the file has {frames} frame(s) ({valid}).")
 
 
 def _not_finite(name: str) -> ScanReadError:

@@ -160,7 +160,7 @@ def test_multiframe_tiff(tmp_path):
     assert first.meta["frames"] == 3 and first.meta["frame"] == 0
     assert first.image.mean() == pytest.approx(10 / 255)
     assert read_scan(path, size=None, frame=2).image.mean() == pytest.approx(250 / 255)
-    with pytest.raises(ScanReadError, match=r"stack\.tif: frame 3 does not exist.*frames 0 to 2"):
+    with pytest.raises(ScanReadError, match=r"stack\.tif: frame 4 does not exist.*frames 1 to 3"):
         read_scan(path, frame=3)
 
 
@@ -384,7 +384,7 @@ def test_dicom_multiframe(tmp_path):
     assert middle.meta["frames"] == 5 and middle.meta["frame"] == 2
     means = [read_scan(path, size=None, frame=k).image.mean() for k in range(5)]
     assert means == sorted(means) and read_scan(path, size=None).image.mean() == means[2]
-    with pytest.raises(ScanReadError, match=r"^stack\.dcm: frame 5 does not exist.*frames 0 to 4"):
+    with pytest.raises(ScanReadError, match=r"^stack\.dcm: frame 6 does not exist.*frames 1 to 5"):
         read_scan(path, frame=5)
 
 

@@ -79,7 +79,8 @@ def test_dicom_report_has_no_identifying_data(capsys):
 def test_frame_option(capsys, tmp_path):
     frames = [Image.fromarray(np.full((32, 32), v, np.uint8)) for v in (10, 200)]
     frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
-    code, out, _ = run(capsys, tmp_path / "stack.tif", "--frame", 1, "--json")
-    assert code == 0 and json.loads(out)["frame"] == 1
+    code, out, _ = run(capsys, tmp_path / "stack.tif", "--frame", 2, "--json")
+    assert code == 0 and json.loads(out)["frame"] == 2  # frames count from 1
     code, out, _ = run(capsys, tmp_path / "stack.tif", "--frame", 7, "--json")
-    assert code == 2 and "frames 0 to 1" in json.loads(out)["error"]
+    assert code == 2 and "frame 7 does not exist" in json.loads(out)["error"]
+    assert "frames 1 to 2" in json.loads(out)["error"]

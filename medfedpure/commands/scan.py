@@ -2,7 +2,7 @@
 
 A NIfTI volume (`.nii`, `.nii.gz`) is read as one slice: `--plane` (axial, coronal, sagittal) and `--slice N`
 (from 1; default the middle of the head), shown the right way up (radiological convention; the line names the
-sides). `--slice` also picks the frame of a multi-frame file, from 1; the older `--frame` counts from 0."""
+sides). `--slice` also picks the frame of a multi-frame file; `--frame` is the same, and both count from 1."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     parser.add_argument("--size", type=int, default=IMAGE_SIZE, metavar="N",
                         help=f"output side in pixels, aspect kept, black padding (default {IMAGE_SIZE}; "
                              "0 keeps the native size)")
-    parser.add_argument("--frame", type=int, default=None, metavar="K",
-                        help="frame of a multi-frame file, from 0 (default: middle DICOM frame, first "
-                             "TIFF/GIF frame); --slice counts from 1")
+    parser.add_argument("--frame", type=_from_one, default=None, metavar="K",
+                        help="frame of a multi-frame file, from 1 (default: middle DICOM frame, first "
+                             "TIFF/GIF frame)")
     add_volume_options(parser)
     parser.set_defaults(run=run)
     return parser
@@ -69,7 +69,8 @@ def index_of(args) -> int | None:
     """The reader's frame or slice index (from 0) asked for on the command line, or None for its default."""
     if getattr(args, "slice_number", None) is not None:
         return args.slice_number - 1
-    return getattr(args, "frame", None)
+    frame = getattr(args, "frame", None)
+    return None if frame is None else frame - 1
 
 
 def place(meta: dict) -> str:
@@ -168,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
             meta, saved = scan.meta, None
             record.update(ok=False, error=f"{path.name}: could not save the preview ({exc.strerror or exc}).")
         record.update(meta)
-        record["slice"] = meta["frame"] + 1 if record["ok"] and meta.get("frame") is not None else None  # from 1
+        # frames and slices count from 1 in what people read (the reader's meta counts from 0)
+        record["frame"] = meta["frame"] + 1 if meta.get("frame") is not None else None
+        record["slice"] = record["frame"] if record["ok"] else None
         record["saved"] = str(saved) if saved is not None else None
         if args.json:
             print(json.dumps(record), flush=True)
