@@ -137,6 +137,21 @@ def test_a_purifier_folder_round_trips_and_the_setting_picks_the_denoiser(pretra
         load_purifier(folder, "bm3d")
 
 
+@pytest.mark.skipif(not (ROOT / "pretrained" / "purifier" / "config.json").exists(), reason="no pretrained/")
+def test_an_ffdnet_added_beside_the_shipped_ddpm_becomes_the_default(pretrained, tmp_path):
+    from medfedpure.models.purifier import add_ffdnet
+    from medfedpure.pipeline import load_purifier
+
+    folder = tmp_path / "purifier"
+    shutil.copytree(ROOT / "pretrained" / "purifier", folder)
+    op = add_ffdnet(folder, FFDNetPurifier(pretrained), t_max=120)
+    assert op["denoiser"] == "ffdnet" and op["ddim_steps"] == 4 and op["ffdnet"]["t_max"] == 120
+    pur, used = load_purifier(folder)
+    assert isinstance(pur, FFDNetPurifier) and (used["t_min"], used["t_max"], used["ddim_steps"]) == (40, 120, 1)
+    ddpm, used = load_purifier(folder, "ddpm")
+    assert isinstance(ddpm, DiffusionPurifier) and (used["t_max"], used["ddim_steps"]) == (160, 4)
+
+
 @pytest.mark.skipif(not (ROOT / "pretrained" / "classifier" / "model.safetensors").exists(), reason="no pretrained/")
 def test_the_pipeline_runs_with_the_ffdnet(pretrained):
     from medfedpure.pipeline import MedFedPure

