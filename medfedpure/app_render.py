@@ -164,6 +164,11 @@ PAGE_CSS = """
     order:2; padding:0;}
 #mfp-verdict .progress-level-inner, #mfp-batch-status .progress-level-inner {margin:4px 0; text-align:center;
     white-space:normal; overflow-wrap:anywhere;}
+/* a stage text that wraps to two lines (a phone) pushes the bar down instead of running under it */
+#mfp-verdict .progress-level, #mfp-batch-status .progress-level {display:flex; flex-direction:column;
+    align-items:center; gap:4px; height:auto;}
+#mfp-verdict .progress-bar-wrap, #mfp-batch-status .progress-bar-wrap {position:static !important;
+    margin:0 !important; flex:none;}
 /* Gradio's own grey texts, darker for 4.5:1 contrast */
 .or, .label-clear-button, [data-testid="block-info"], .info-text {color:#4b5563 !important;}
 .wrap .icon-wrap + *, .upload-container .wrap {color:#3730a3;}

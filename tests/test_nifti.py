@@ -189,7 +189,7 @@ def test_scan_command_plane_and_slice_from_one(capsys, tmp_path):
     path.write_bytes(volume_bytes())
     code, out, _ = run_cli(capsys, "scan", path, "--plane", "sagittal", "--slice", 3, "--json")
     record = json.loads(out)
-    assert code == 0 and record["plane"] == "sagittal" and record["slice"] == 3 and record["frame"] == 2
+    assert code == 0 and record["plane"] == "sagittal" and record["slice"] == 3 and record["frame"] == 3  # from 1
     code, out, _ = run_cli(capsys, "scan", path, "--plane", "coronal")
     assert code == 0 and "NIfTI" in out and "coronal slice" in out and "R left, L right, S top, I bottom" in out
     code, out, err = run_cli(capsys, "scan", path, "--plane", "sagittal", "--slice", 9999)
