@@ -168,7 +168,7 @@ PAGE_CSS = """
 #mfp-verdict .progress-level, #mfp-batch-status .progress-level {display:flex; flex-direction:column;
     align-items:center; gap:4px; height:auto;}
 #mfp-verdict .progress-bar-wrap, #mfp-batch-status .progress-bar-wrap {position:static !important;
-    margin:0 !important; flex:none;}
+    margin:6px 0 0 0 !important; flex:none;}
 /* Gradio's own grey texts, darker for 4.5:1 contrast */
 .or, .label-clear-button, [data-testid="block-info"], .info-text {color:#4b5563 !important;}
 .wrap .icon-wrap + *, .upload-container .wrap {color:#3730a3;}
