@@ -302,6 +302,38 @@ def evaluate_mae(model: MaskedAutoencoder, images: torch.Tensor, *, seed: int = 
     return {"loss": loss_sum / max(total, 1), "num-examples": len(images)}
 
 
+def _denoiser_steps(purifier, params: list, opt, images: torch.Tensor, *, steps: int, batch_size: int, crop: int,
+                    timesteps: tuple[int, int], gen: torch.Generator, device, ema_decay: float) -> float:
+    """The local loop both purifiers train with: random crops (one window per batch; any 64-px window of a 128-px
+    scan contains its centre, where the brain is), flips, t drawn from [timesteps[0], timesteps[1]), the purifier's
+    own `training_loss`, clipped steps; with `ema_decay` > 0 the weights end as the EMA of the local iterates.
+    Returns the mean loss."""
+    ema = [p.detach().clone() for p in params] if ema_decay > 0 else None
+    n, size = images.shape[0], images.shape[-1]
+    loss_sum = 0.0
+    for _ in range(steps):
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        oy, ox = torch.randint(0, size - crop + 1, (2,), generator=gen).tolist()
+        x = images[idx][..., oy:oy + crop, ox:ox + crop]
+        x = torch.where((torch.rand(batch_size, generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x).to(device)
+        t = torch.randint(timesteps[0], timesteps[1], (batch_size,), generator=gen).to(device)
+        noise = torch.randn(x.shape, generator=gen).to(device)
+        loss = purifier.training_loss(x, t, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - ema_decay)
+        loss_sum += loss.item()
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
+    return loss_sum / max(steps, 1)
+
+
 def train_purifier(purifier: DiffusionPurifier, images: torch.Tensor, *, steps: int = 50, lr: float = 2e-4,
                    batch_size: int = 32, crop: int = 64, max_timestep: int = 300, seed: int = 0,
                    device: torch.device | str = "cpu", ema_decay: float = 0.0) -> dict:
@@ -316,31 +348,9 @@ def train_purifier(purifier: DiffusionPurifier, images: torch.Tensor, *, steps: 
     purifier.to(device).train()
     opt = torch.optim.AdamW(purifier.unet.parameters(), lr=lr, weight_decay=0.0)
     params = [p for p in purifier.unet.parameters() if p.requires_grad]
-    ema = [p.detach().clone() for p in params] if ema_decay > 0 else None
-    n, size = images.shape[0], images.shape[-1]
-    loss_sum = 0.0
-    for _ in range(steps):
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-        # One crop window per batch; any 64-px window of a 128-px scan contains its centre, where the brain is.
-        oy, ox = torch.randint(0, size - crop + 1, (2,), generator=gen).tolist()
-        x = images[idx][..., oy:oy + crop, ox:ox + crop]
-        x = torch.where((torch.rand(batch_size, generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x).to(device)
-        t = torch.randint(0, max_timestep, (batch_size,), generator=gen).to(device)
-        noise = torch.randn(x.shape, generator=gen).to(device)
-        loss = purifier.training_loss(x, t, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(purifier.unet.parameters(), 1.0)
-        opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - ema_decay)
-        loss_sum += loss.item()
-    if ema is not None:
-        with torch.no_grad():
-            for p, e in zip(params, ema):
-                p.copy_(e)
-    return {"loss": loss_sum / max(steps, 1), "num-examples": n}
+    loss = _denoiser_steps(purifier, params, opt, images, steps=steps, batch_size=batch_size, crop=crop,
+                           timesteps=(0, max_timestep), gen=gen, device=device, ema_decay=ema_decay)
+    return {"loss": loss, "num-examples": images.shape[0]}
 
 
 @torch.no_grad()
@@ -371,32 +381,12 @@ def train_ffdnet(purifier, images: torch.Tensor, *, steps: int = 50, lr: float =
     purifier.to(device).train()
     params = [p for p in purifier.ffdnet.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    ema = [p.detach().clone() for p in params] if ema_decay > 0 else None
-    n, size = images.shape[0], images.shape[-1]
-    crop = min(int(crop) or size, size)
-    loss_sum = 0.0
-    for _ in range(steps):
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-        oy, ox = torch.randint(0, size - crop + 1, (2,), generator=gen).tolist()
-        x = images[idx][..., oy:oy + crop, ox:ox + crop]
-        x = torch.where((torch.rand(batch_size, generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x).to(device)
-        t = torch.randint(int(min_timestep), int(max_timestep) + 1, (batch_size,), generator=gen).to(device)
-        noise = torch.randn(x.shape, generator=gen).to(device)
-        loss = purifier.training_loss(x, t, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - ema_decay)
-        loss_sum += loss.item()
-    if ema is not None:
-        with torch.no_grad():
-            for p, e in zip(params, ema):
-                p.copy_(e)
+    size = images.shape[-1]
+    loss = _denoiser_steps(purifier, params, opt, images, steps=steps, batch_size=batch_size,
+                           crop=min(int(crop) or size, size), timesteps=(int(min_timestep), int(max_timestep) + 1),
+                           gen=gen, device=device, ema_decay=ema_decay)
     purifier.eval()
-    return {"loss": loss_sum / max(steps, 1), "num-examples": n}
+    return {"loss": loss, "num-examples": images.shape[0]}
 
 
 @torch.no_grad()
